@@ -1,0 +1,73 @@
+"""task_scheduler: a threaded job-runner service with interval, cron and one-time
+schedules, durable state, retries, timeouts and a CLI."""
+
+from __future__ import annotations
+
+# Scheduling rules
+from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, ScheduleType
+
+# Tasks
+from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, RetryPolicy, ScriptTask, TaskContext
+
+# The scheduler, its clock and its events
+from task_scheduler.clock import ManualClock, SystemClock
+from task_scheduler.events import EventType, SchedulerEvent
+from task_scheduler.scheduler import TaskScheduler
+
+# Configuration
+from task_scheduler.config import SchedulerConfig, load_config
+
+# State: stores and the records they keep
+from task_scheduler.stores import MemoryStore, Store
+from task_scheduler.stores.base import ConcurrencyPolicy, RunRecord, RunState, TaskState
+
+# Errors
+from task_scheduler.errors import (
+    ConfigError,
+    ScheduleError,
+    StoreError,
+    TaskError,
+    TaskNotFoundError,
+    TaskSchedulerError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Scheduling rules
+    "CronRule",
+    "IntervalRule",
+    "OnceRule",
+    "ScheduleRule",
+    "ScheduleType",
+    # Tasks
+    "Backoff",
+    "BaseTask",
+    "FunctionTask",
+    "RetryPolicy",
+    "ScriptTask",
+    "TaskContext",
+    # The scheduler, its clock and its events
+    "EventType",
+    "ManualClock",
+    "SchedulerEvent",
+    "SystemClock",
+    "TaskScheduler",
+    # Configuration
+    "SchedulerConfig",
+    "load_config",
+    # State
+    "ConcurrencyPolicy",
+    "MemoryStore",
+    "RunRecord",
+    "RunState",
+    "Store",
+    "TaskState",
+    # Errors
+    "ConfigError",
+    "ScheduleError",
+    "StoreError",
+    "TaskError",
+    "TaskNotFoundError",
+    "TaskSchedulerError",
+]

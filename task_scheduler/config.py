@@ -1,0 +1,495 @@
+"""Configuration: dataclasses with defaults for everything, loading, env overrides and
+validation whose errors name the file, the key path and the problem.
+
+Loading is all-or-nothing: `load_config` either returns a fully validated config
+(jobs included: schedules parsed, scripts found inside ``allowed_script_dirs``) or
+raises `ConfigError`; the service never starts half configured.
+
+Environment overrides: ``TASK_SCHEDULER__SECTION__KEY=value`` (double underscores
+between levels, case-insensitive) sets ``section.key``; the value is read as JSON
+when it parses (``20``, ``true``, ``["a"]``) and as a string otherwise.
+
+Relative paths (``log_dir``, ``data_dir``, ``allowed_script_dirs``, a job's
+``script_path`` and ``working_dir``, a SQLite store path) are relative to
+``scheduler.base_dir``, which defaults to the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from task_scheduler.errors import ConfigError, TaskSchedulerError
+from task_scheduler.schedules import ScheduleRule, resolve_timezone
+from task_scheduler.stores.base import ConcurrencyPolicy
+from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, ScriptTask
+
+__all__ = [
+    "JobConfig",
+    "LoggingConfig",
+    "SchedulerConfig",
+    "SchedulerSection",
+    "StoreConfig",
+    "TasksConfig",
+    "find_config",
+    "load_config",
+    "parse_size",
+]
+
+ENV_PREFIX = "TASK_SCHEDULER__"
+CONFIG_SEARCH_PATH = ("scheduler_config.json", "/etc/task-scheduler/scheduler_config.json")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass
+class SchedulerSection:
+    max_workers: int = 10
+    check_interval: float = 1.0  # the loop never sleeps longer than this (seconds)
+    timezone: str = "local"  # IANA name, "UTC", or "local" (the system zone)
+    misfire_grace_time: float | None = 60.0  # None: run however late
+    coalesce: bool = True
+    catch_up: bool = False
+    shutdown_timeout: float = 30.0
+    enable_monitoring: bool = True
+    log_level: str = "INFO"
+    base_dir: str | None = None  # default: the config file's directory
+    data_dir: str = "data"
+    node_id: str | None = None  # default: hostname:pid
+
+
+@dataclass
+class StoreConfig:
+    url: str = "memory://"
+    history_max_runs_per_task: int = 1000
+
+
+@dataclass
+class TasksConfig:
+    default_timeout: float | None = 300.0
+    max_retries: int = 0
+    retry_delay: float = 5.0
+    retry_backoff: str = "fixed"  # fixed | exponential
+    max_retry_delay: float = 3600.0
+    retry_on_timeout: bool = True
+    allowed_script_dirs: list[str] | None = field(default_factory=lambda: ["scripts"])  # None: any
+    output_limit: int = 64 * 1024
+    kill_grace: float = 5.0
+
+
+@dataclass
+class LoggingConfig:
+    log_dir: str = "logs"
+    log_file: str | None = "scheduler.log"  # None: console only
+    max_log_size: str | int = "10MB"
+    backup_count: int = 5
+    format: str = "text"  # text | json
+    console: bool = True
+
+
+@dataclass
+class JobConfig:
+    """One job declared in config. ``type`` is script, builtin or function."""
+
+    id: str
+    schedule: dict[str, Any]
+    type: str = "script"
+    name: str | None = None
+    description: str = ""
+    enabled: bool = True
+    script_path: str | None = None
+    args: list[str] = field(default_factory=list)
+    working_dir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    inherit_env: bool | list[str] = True
+    builtin: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    function: str | None = None  # "package.module:callable"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    max_retries: int | None = None
+    retry_delay: float | None = None
+    retry_backoff: str | None = None
+    max_instances: int = 1
+    concurrency_policy: str = "forbid"
+    misfire_grace_time: float | None = None
+    coalesce: bool | None = None
+    catch_up: bool | None = None
+    max_runs: int | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SchedulerConfig:
+    """The whole configuration. ``source`` is the file it came from, if any."""
+
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    jobs: list[JobConfig] = field(default_factory=list)
+    source: str | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        if self.scheduler.base_dir:
+            base = Path(self.scheduler.base_dir).expanduser()
+            if not base.is_absolute() and self.source:
+                base = Path(self.source).resolve().parent / base
+            return base.resolve()
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def path(self, value: str | os.PathLike[str]) -> Path:
+        """``value`` made absolute against `base_dir`."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.scheduler.data_dir)
+
+    @property
+    def allowed_script_dirs(self) -> list[Path] | None:
+        dirs = self.tasks.allowed_script_dirs
+        return None if dirs is None else [self.path(d) for d in dirs]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> SchedulerConfig:
+        """Build and validate a config from parsed JSON (no env overrides applied)."""
+        config = _build(cls, data, "", source)
+        config.source = source
+        _validate(config)
+        return config
+
+    def build_tasks(self) -> list[tuple[BaseTask, ScheduleRule]]:
+        """The enabled jobs as (task, rule) pairs; raises ConfigError naming the job."""
+        return [build_job(self, index, job) for index, job in enumerate(self.jobs) if job.enabled]
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file the service and the CLI use: ``explicit``, else
+    ``$TASK_SCHEDULER_CONFIG``, else ``./scheduler_config.json``, else
+    ``/etc/task-scheduler/scheduler_config.json``; None when none exists."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("TASK_SCHEDULER_CONFIG"):
+        return Path(os.environ["TASK_SCHEDULER_CONFIG"])
+    for candidate in CONFIG_SEARCH_PATH:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> SchedulerConfig:
+    """Read, override from the environment, validate. ``path`` None gives the defaults."""
+    source = str(path) if path is not None else None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config: {exc.strerror}", source=source) from exc
+        data = _parse(text, source or "")
+    _apply_env_overrides(data, os.environ if environ is None else environ, source)
+    config = SchedulerConfig.from_dict(data, source)
+    config.build_tasks()  # proves every job can be built before anything starts
+    return config
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    if source.endswith(".toml"):
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", source=source) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a JSON object", source=source)
+    return data
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: typing.Mapping[str, str], source: str | None) -> None:
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if len(keys) != 2:
+            raise ConfigError("expected TASK_SCHEDULER__SECTION__KEY", source=f"environment variable {name}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        section = data.setdefault(keys[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError("is not an object", source=source, key=keys[0])
+        section[keys[1]] = value
+
+
+# -- generic dataclass building with type checks ----------------------------------
+
+
+def _build(cls: type, data: Any, path: str, source: str | None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected an object, got {_show(data)}", source=source, key=path or None)
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})", source=source, key=path or None
+        )
+    values = {}
+    for name, value in data.items():
+        key = f"{path}.{name}" if path else name
+        values[name] = _convert(hints[name], value, key, source)
+    missing = [
+        f.name
+        for f in known.values()
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing required key {missing[0]!r}", source=source, key=path or None)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str, source: str | None) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        names = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"expected {names}, got {_show(value)}", source=source, key=key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {_show(value)}", source=source, key=key)
+        if item is JobConfig:
+            return [_build(JobConfig, v, _job_key(i, v), source) for i, v in enumerate(value)]
+        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected an object, got {_show(value)}", source=source, key=key)
+        return {str(k): _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {_show(value)}", source=source, key=key)
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"expected an integer, got {_show(value)}", source=source, key=key)
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"expected a number, got {_show(value)}", source=source, key=key)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {_show(value)}", source=source, key=key)
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")  # pragma: no cover - a bug in this module
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is list:
+        return "a list"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _job_key(index: int, job: Any) -> str:
+    job_id = job.get("id") if isinstance(job, dict) else None
+    return f"jobs[{index}]" + (f" (id {job_id!r})" if isinstance(job_id, str) else "")
+
+
+# -- semantic validation -----------------------------------------------------------
+
+
+def _validate(config: SchedulerConfig) -> None:
+    source = config.source
+
+    def check(ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            raise ConfigError(problem, source=source, key=key)
+
+    section = config.scheduler
+    check(section.max_workers >= 1, "scheduler.max_workers", "must be >= 1")
+    check(section.check_interval > 0, "scheduler.check_interval", "must be > 0 seconds")
+    check(section.shutdown_timeout >= 0, "scheduler.shutdown_timeout", "must be >= 0 seconds")
+    check(
+        section.misfire_grace_time is None or section.misfire_grace_time >= 0,
+        "scheduler.misfire_grace_time",
+        "must be >= 0 seconds or null",
+    )
+    check(section.log_level.upper() in _LOG_LEVELS, "scheduler.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    try:
+        resolve_timezone(section.timezone)
+    except TaskSchedulerError as exc:
+        raise ConfigError(str(exc), source=source, key="scheduler.timezone") from exc
+    check(
+        re.match(r"^(memory://|sqlite://)", config.store.url) is not None,
+        "store.url",
+        f"unsupported store {config.store.url!r} (use memory:// or sqlite:///path)",
+    )
+    tasks = config.tasks
+    check(tasks.max_retries >= 0, "tasks.max_retries", "must be >= 0")
+    check(tasks.retry_delay >= 0, "tasks.retry_delay", "must be >= 0 seconds")
+    check(tasks.retry_backoff in _enum_values(Backoff), "tasks.retry_backoff", "must be 'fixed' or 'exponential'")
+    check(tasks.default_timeout is None or tasks.default_timeout > 0, "tasks.default_timeout", "must be > 0 or null")
+    check(tasks.output_limit >= 1024, "tasks.output_limit", "must be at least 1024 bytes")
+    logging_config = config.logging
+    check(logging_config.format in ("text", "json"), "logging.format", "must be 'text' or 'json'")
+    check(logging_config.backup_count >= 0, "logging.backup_count", "must be >= 0")
+    try:
+        parse_size(logging_config.max_log_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=source, key="logging.max_log_size") from exc
+    seen: set[str] = set()
+    for index, job in enumerate(config.jobs):
+        key = _job_key(index, {"id": job.id})
+        check(bool(job.id.strip()), f"{key}.id", "must not be empty")
+        check(job.id not in seen, f"{key}.id", f"duplicate job id {job.id!r}")
+        seen.add(job.id)
+        check(job.type in ("script", "builtin", "function"), f"{key}.type", "must be script, builtin or function")
+        check(job.retry_backoff in (None, *_enum_values(Backoff)), f"{key}.retry_backoff", "must be fixed or exponential")
+        check(
+            job.concurrency_policy in _enum_values(ConcurrencyPolicy),
+            f"{key}.concurrency_policy",
+            "must be forbid, allow or replace",
+        )
+
+
+def _enum_values(enum: type[Any]) -> list[str]:
+    return [member.value for member in enum]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``10MB``, ``512KB``, ``1.5G``, ``2048`` (binary units: 1KB = 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"size must be positive, got {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. '10MB', '512KB' or a number of bytes)")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    size = int(number * _UNITS[unit[:1] if unit not in ("", "B") else unit])
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {value!r}")
+    return size
+
+
+# -- jobs -> tasks -------------------------------------------------------------------
+
+
+def build_job(config: SchedulerConfig, index: int, job: JobConfig) -> tuple[BaseTask, ScheduleRule]:
+    """One configured job as a (task, rule) pair; errors name the job's key path."""
+    key = _job_key(index, {"id": job.id})
+    try:
+        rule = ScheduleRule.from_dict(job.schedule)
+    except TaskSchedulerError as exc:
+        raise ConfigError(str(exc), source=config.source, key=f"{key}.schedule") from exc
+    options: dict[str, Any] = {
+        "description": job.description,
+        "max_retries": job.max_retries,
+        "retry_delay": job.retry_delay,
+        "retry_backoff": job.retry_backoff,
+        "max_instances": job.max_instances,
+        "concurrency_policy": job.concurrency_policy,
+        "misfire_grace_time": job.misfire_grace_time,
+        "coalesce": job.coalesce,
+        "catch_up": job.catch_up,
+        "max_runs": job.max_runs,
+        "tags": job.tags,
+    }
+    timeout = job.timeout if job.timeout is not None else config.tasks.default_timeout
+    try:
+        task = _make_task(config, job, timeout, options, key)
+        if isinstance(task, ScriptTask):
+            task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs)
+    except ConfigError:
+        raise
+    except TaskSchedulerError as exc:
+        raise ConfigError(str(exc), source=config.source, key=key) from exc
+    return task, rule
+
+
+def _make_task(config: SchedulerConfig, job: JobConfig, timeout: float | None, options: dict[str, Any], key: str) -> BaseTask:
+    def need(value: Any, name: str) -> Any:
+        if not value:
+            raise ConfigError(f"is required for a {job.type} job", source=config.source, key=f"{key}.{name}")
+        return value
+
+    if job.type == "script":
+        return ScriptTask(
+            job.id,
+            job.name,
+            need(job.script_path, "script_path"),
+            args=job.args,
+            working_dir=job.working_dir,
+            timeout=timeout,
+            env=job.env,
+            inherit_env=job.inherit_env,
+            kill_grace=config.tasks.kill_grace,
+            output_limit=config.tasks.output_limit,
+            **options,
+        )
+    if job.type == "builtin":
+        from task_scheduler.builtin import BUILTINS
+
+        name = need(job.builtin, "builtin")
+        if name not in BUILTINS:
+            raise ConfigError(
+                f"unknown builtin {name!r} (known: {', '.join(sorted(BUILTINS))})",
+                source=config.source,
+                key=f"{key}.builtin",
+            )
+        try:
+            return BUILTINS[name](job.id, job.name, config=config, timeout=timeout, **job.params, **options)
+        except TypeError as exc:
+            raise ConfigError(f"bad params for builtin {name!r}: {exc}", source=config.source, key=f"{key}.params") from exc
+    target = need(job.function, "function")
+    module_name, _, attribute = target.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot import {target!r} (expected 'package.module:callable'): {exc}",
+            source=config.source,
+            key=f"{key}.function",
+        ) from exc
+    return FunctionTask(job.id, job.name, func, kwargs=job.kwargs, timeout=timeout, **options)

@@ -1,0 +1,139 @@
+"""Logging setup: console plus a rotating file, plain text or JSON, with the run's
+``task_id`` and ``run_id`` on every record logged while a run executes.
+
+Plain lines look like
+``2024-01-01 12:00:00 - task_scheduler.execution - INFO - execute_attempt:88 - message``.
+A log file that cannot be written (directory missing and not creatable, read-only,
+disk full) never stops scheduling: the failure is reported once on stderr and the
+file handler stays quiet until it can write again.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from task_scheduler.config import SchedulerConfig, parse_size
+
+__all__ = ["configure_logging", "run_context"]
+
+PLAIN_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(funcName)s:%(lineno)d - %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+JSON_FIELDS = "%(asctime)s %(name)s %(levelname)s %(funcName)s %(lineno)d %(message)s"
+
+_run: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("task_scheduler_run", default=None)
+_OWNED = "_task_scheduler_handler"
+
+
+@contextmanager
+def run_context(task_id: str, run_id: str) -> Iterator[None]:
+    """Tag every record logged inside the block (in this thread) with the run."""
+    token = _run.set((task_id, run_id))
+    try:
+        yield
+    finally:
+        _run.reset(token)
+
+
+class RunContextFilter(logging.Filter):
+    """Adds ``task_id`` and ``run_id`` (None outside a run) to each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _run.get()
+        if not hasattr(record, "task_id"):
+            record.task_id = current[0] if current else None
+        if not hasattr(record, "run_id"):
+            record.run_id = current[1] if current else None
+        return True
+
+
+class PlainFormatter(logging.Formatter):
+    """The plain line format, with ``[task_id run_id]`` appended inside a run."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT, DATE_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        task_id = getattr(record, "task_id", None)
+        if task_id:
+            line += f" [task={task_id} run={getattr(record, 'run_id', None)}]"
+        return line
+
+
+class ResilientFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler that reports a write failure once, then stays quiet
+    (retrying at most every 30 s) instead of printing a traceback per record."""
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
+        self._failed_since: float | None = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._failed_since is not None and record.created - self._failed_since < 30:
+            return
+        try:
+            if self.shouldRollover(record):
+                self.doRollover()
+            logging.FileHandler.emit(self, record)
+            if self.stream is not None:
+                self.stream.flush()
+        except Exception as exc:  # noqa: BLE001 - logging must never stop the service
+            if self._failed_since is None:
+                sys.stderr.write(f"task_scheduler: cannot write log file {self.baseFilename}: {exc}\n")
+            self._failed_since = record.created
+            self.close()
+            self.stream = None  # type: ignore[assignment]
+        else:
+            if self._failed_since is not None:
+                sys.stderr.write(f"task_scheduler: log file {self.baseFilename} is writable again\n")
+            self._failed_since = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        raise  # let emit() above decide
+
+
+def configure_logging(config: SchedulerConfig) -> Path | None:
+    """Install this package's handlers on the root logger (replacing ones installed
+    before by this function); returns the log file path, if any."""
+    settings = config.logging
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(config.scheduler.log_level.upper())
+    formatter: logging.Formatter = _formatter(settings.format)
+    handlers: list[logging.Handler] = []
+    if settings.console:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    log_path = None
+    if settings.log_file:
+        log_path = config.path(settings.log_dir) / settings.log_file
+        try:
+            handlers.append(ResilientFileHandler(log_path, parse_size(settings.max_log_size), settings.backup_count))
+        except OSError as exc:
+            sys.stderr.write(f"task_scheduler: cannot create log directory {log_path.parent}: {exc}\n")
+            log_path = None
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RunContextFilter())
+        setattr(handler, _OWNED, True)
+        root.addHandler(handler)
+    return log_path
+
+
+def _formatter(kind: str) -> logging.Formatter:
+    if kind == "json":
+        fields: dict[str, Any] = {"levelname": "level", "asctime": "time", "name": "logger"}
+        return JsonFormatter(JSON_FIELDS, rename_fields=fields, datefmt="%Y-%m-%dT%H:%M:%S%z")
+    return PlainFormatter()

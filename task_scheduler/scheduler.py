@@ -1,0 +1,573 @@
+"""The scheduler: one loop thread that claims due occurrences from the store and
+hands them to a thread pool.
+
+The loop sleeps on an Event until the earliest due time, never longer than
+``check_interval``; adding, triggering or finishing a run wakes it early. One step of
+the loop is `TaskScheduler.run_due`, which tests call with a fixed ``now``.
+
+Where the design differs from "the scheduler keeps a heap": the heap of due times
+lives in the store (the memory store keeps one; a database keeps an index), and the
+loop keeps only the earliest due time the last claim reported. Two heaps would have
+to agree about pauses, triggers and reschedules made by other processes; one cannot
+disagree with itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from task_scheduler.clock import Clock, SystemClock
+from task_scheduler.config import SchedulerConfig, load_config
+from task_scheduler.errors import TaskError, TaskNotFoundError, TaskSchedulerError
+from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
+from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, CANCEL_TIMEOUT, execute_attempt, retry_for
+from task_scheduler.logs import configure_logging
+from task_scheduler.schedules import ScheduleRule, resolve_timezone
+from task_scheduler.stores import Store, open_store
+from task_scheduler.stores.base import Retry, RunRecord, RunState, TaskDefinition, TaskState
+from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask, TaskContext
+
+__all__ = ["TaskScheduler"]
+
+logger = logging.getLogger(__name__)
+
+_EVENT_FOR_STATE = {
+    RunState.SUCCEEDED: EventType.EXECUTED,
+    RunState.FAILED: EventType.ERROR,
+    RunState.TIMED_OUT: EventType.TIMEOUT,
+    RunState.MISSED: EventType.MISSED,
+    RunState.SKIPPED: EventType.MAX_INSTANCES,
+    RunState.INTERRUPTED: EventType.INTERRUPTED,
+}
+
+
+@dataclass
+class _Entry:
+    """A registered task with its effective (defaults-applied) settings."""
+
+    task: BaseTask
+    rule: ScheduleRule
+    definition: TaskDefinition
+    retry: RetryPolicy
+    timeout: float | None
+    from_config: bool = False
+
+
+@dataclass
+class _Active:
+    """A run handed to the pool and not yet collected."""
+
+    record: RunRecord
+    context: TaskContext
+    deadline: datetime | None
+    future: Future[None] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class TaskScheduler:
+    """Schedules tasks and runs them on a thread pool.
+
+    ``TaskScheduler("scheduler_config.json")`` reads a config file (and sets up
+    logging from it, and registers its jobs); ``TaskScheduler(config_object)`` or
+    ``TaskScheduler()`` (all defaults, memory store) leave logging to the caller.
+    ``store`` and ``clock`` are injectable; tests pass a `ManualClock` and call
+    `run_due` and `wait_for_runs` instead of starting the loop thread.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig | str | os.PathLike[str] | None = None,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        if isinstance(config, SchedulerConfig):
+            self.config = config
+        elif config is not None:
+            self.config = load_config(config)
+            configure_logging(self.config)
+        else:
+            self.config = SchedulerConfig()
+        settings = self.config.scheduler
+        self.clock: Clock = clock or SystemClock()
+        self.timezone = resolve_timezone(settings.timezone)
+        self.node_id = node_id or settings.node_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._owns_store = store is None
+        self.store: Store = store if store is not None else open_store(self.config)
+        self._entries: dict[str, _Entry] = {}
+        self._active: dict[str, _Active] = {}
+        self._finished: deque[RunRecord] = deque()
+        self._events = EventDispatcher()
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._signal_stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._started_at: float | None = None
+        self._stopped = False
+        self._claim_limit = max(100, settings.max_workers * 8)
+        self.add_tasks(self.config.build_tasks(), from_config=True)
+
+    # -- task management ------------------------------------------------------------
+    def add_task(self, task: BaseTask, rule: ScheduleRule, *, replace_existing: bool = False) -> None:
+        """Register ``task`` on ``rule``. Raises TaskError for a duplicate id (unless
+        ``replace_existing``), a missing or disallowed script, or a bad rule; nothing
+        else changes when it raises."""
+        self.add_tasks([(task, rule)], replace_existing=replace_existing)
+
+    def add_tasks(
+        self,
+        pairs: Iterable[tuple[BaseTask, ScheduleRule]],
+        *,
+        replace_existing: bool = False,
+        from_config: bool = False,
+    ) -> None:
+        """Register many tasks in one store transaction (all or none)."""
+        now = self.clock.now()
+        entries = [self._entry(task, rule, now, from_config) for task, rule in pairs]
+        ids = [entry.task.task_id for entry in entries]
+        duplicates = {task_id for task_id in ids if ids.count(task_id) > 1}
+        with self._lock:
+            taken = [] if replace_existing else [task_id for task_id in ids if task_id in self._entries]
+            if duplicates or taken:
+                raise TaskError(f"task {sorted(duplicates or set(taken))[0]!r} is already registered")
+            states = self.store.sync_tasks([entry.definition for entry in entries])
+            for entry in entries:
+                self._entries[entry.task.task_id] = entry
+                if not entry.task.enabled and not states[entry.task.task_id].paused:
+                    self.store.set_paused(entry.task.task_id, True)
+        for entry in entries:
+            logger.info("added task %s: %s", entry.task.task_id, entry.rule.describe())
+        self._wake.set()
+
+    def _entry(self, task: BaseTask, rule: ScheduleRule, now: datetime, from_config: bool) -> _Entry:
+        if not isinstance(task, BaseTask):
+            raise TaskError(f"expected a BaseTask, got {task!r}")
+        if not isinstance(rule, ScheduleRule):
+            raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
+        defaults = self.config.tasks
+        settings = self.config.scheduler
+        if isinstance(task, ScriptTask):
+            task.bind(self.config.base_dir, self.config.data_dir, self.config.allowed_script_dirs)
+        rule = rule.with_timezone(self.timezone)
+        timeout = task.timeout if task.timeout is not None else defaults.default_timeout
+        retry = RetryPolicy(
+            max_retries=task.max_retries if task.max_retries is not None else defaults.max_retries,
+            retry_delay=task.retry_delay if task.retry_delay is not None else defaults.retry_delay,
+            backoff=task.retry_backoff or Backoff(defaults.retry_backoff),
+            max_delay=defaults.max_retry_delay,
+            retry_on_timeout=defaults.retry_on_timeout,
+        )
+        definition = TaskDefinition(
+            task_id=task.task_id,
+            fingerprint=rule.fingerprint(),
+            first_fire=rule.first_fire_time(now),
+            misfire_grace_time=_first(task.misfire_grace_time, settings.misfire_grace_time),
+            coalesce=_first(task.coalesce, settings.coalesce),
+            catch_up=_first(task.catch_up, settings.catch_up),
+            max_instances=task.max_instances,
+            concurrency_policy=task.concurrency_policy,
+            max_runs=task.max_runs,
+        )
+        return _Entry(task, rule, definition, retry, timeout, from_config)
+
+    def remove_task(self, task_id: str) -> None:
+        """Unschedule a task (a run in progress finishes); its history is kept."""
+        with self._lock:
+            if task_id not in self._entries:
+                raise TaskNotFoundError(task_id)
+            del self._entries[task_id]
+            self.store.remove_tasks([task_id])
+        logger.info("removed task %s", task_id)
+
+    def reschedule_task(self, task_id: str, rule: ScheduleRule) -> None:
+        """Give a task a new rule; its next fire is computed from the new rule."""
+        entry = self._get(task_id)
+        self.add_task(entry.task, rule, replace_existing=True)
+
+    def pause_task(self, task_id: str) -> None:
+        """Stop firing ``task_id`` (a run in progress finishes); survives restarts."""
+        self._get(task_id)
+        self.store.set_paused(task_id, True)
+        logger.info("paused task %s", task_id)
+
+    def resume_task(self, task_id: str) -> None:
+        """Fire again; occurrences missed while paused follow the misfire rules."""
+        self._get(task_id)
+        self.store.set_paused(task_id, False)
+        logger.info("resumed task %s", task_id)
+        self._wake.set()
+
+    def run_now(self, task_id: str) -> str:
+        """Queue one extra run of ``task_id`` due now; returns its run id. It obeys
+        max_instances by waiting, never by being dropped."""
+        self._get(task_id)
+        record = self.store.request_run(task_id, self.clock.now(), self.node_id)
+        self._wake.set()
+        return record.run_id
+
+    def get_task(self, task_id: str) -> BaseTask:
+        return self._get(task_id).task
+
+    def get_tasks(self) -> list[BaseTask]:
+        with self._lock:
+            return [entry.task for entry in self._entries.values()]
+
+    def _get(self, task_id: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(task_id)
+        if entry is None:
+            raise TaskNotFoundError(task_id)
+        return entry
+
+    def add_listener(self, callback: Listener, mask: EventType = EventType.ALL) -> None:
+        """Call ``callback(event)`` for events in ``mask``; its exceptions are logged."""
+        self._events.add(callback, mask)
+
+    def remove_listener(self, callback: Listener) -> None:
+        self._events.remove(callback)
+
+    # -- the loop -------------------------------------------------------------------
+    def run_due(self, now: datetime | None = None) -> float:
+        """One loop step: collect finished runs, enforce timeouts, claim and submit
+        due occurrences. Returns the seconds the loop may sleep before the next step."""
+        now = now or self.clock.now()
+        self._collect_finished(now)
+        self._enforce_timeouts(now)
+        interval = self.config.scheduler.check_interval
+        if self._stopping.is_set():
+            return interval
+        claim = self.store.claim_due(now, self._claim_limit, self.node_id, self._next_fire)
+        for record in claim.recorded:
+            logger.warning("task %s occurrence %s %s: %s", record.task_id, record.scheduled_for.isoformat(), record.state.value, record.error)
+            self._emit(record, now)
+        for run_id in claim.replace:
+            active = self._active.get(run_id)
+            if active is not None:
+                active.context.cancel(CANCEL_REPLACED)
+        for record in claim.runs:
+            self._submit(record, now)
+        if claim.more:
+            return 0.0
+        wake_times = [claim.next_due] if claim.next_due else []
+        wake_times += [a.deadline for a in list(self._active.values()) if a.deadline and not a.context.cancelled]
+        if wake_times:
+            interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
+        return interval
+
+    def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
+        entry = self._entries.get(task_id)
+        return entry.rule.next_fire_time(after) if entry else None
+
+    def _submit(self, record: RunRecord, now: datetime) -> None:
+        entry = self._entries.get(record.task_id)
+        if entry is None:
+            error = "task is not registered in this process"
+            self.store.finish([replace(record, state=RunState.FAILED, finished_at=now, error=error)])
+            return
+        context = TaskContext(
+            task_id=record.task_id,
+            run_id=record.run_id,
+            scheduled_for=record.scheduled_for,
+            attempt=record.attempt,
+            logger=logging.getLogger(f"task_scheduler.task.{record.task_id}"),
+            timeout=entry.timeout,
+        )
+        # Scripts enforce their own timeout (and kill their process group); other
+        # tasks get their cancel event set by the loop at the deadline.
+        deadline = None
+        if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
+            deadline = now + timedelta(seconds=entry.timeout)
+        active = _Active(record, context, deadline)
+        with self._lock:
+            self._active[record.run_id] = active
+        executor = self._executor or self._start_executor()
+        active.future = executor.submit(self._work, entry.task, record, context)
+        self._emit(record, now, EventType.SUBMITTED)
+
+    def _work(self, task: BaseTask, record: RunRecord, context: TaskContext) -> None:
+        final = execute_attempt(task, record, context, self.clock.now)
+        self._finished.append(final)
+        self._wake.set()
+
+    def _collect_finished(self, now: datetime) -> None:
+        records: list[RunRecord] = []
+        while self._finished:
+            records.append(self._finished.popleft())
+        if not records:
+            return
+        retries: list[Retry] = []
+        for record in records:
+            with self._lock:
+                self._active.pop(record.run_id, None)
+                entry = self._entries.get(record.task_id)
+            retry = retry_for(record, entry.retry, now) if entry and not self._stopping.is_set() else None
+            if retry is not None:
+                retries.append(retry)
+        self.store.finish(records, retries)
+        retried = {retry.record.run_id: retry.due_at for retry in retries}
+        for record in records:
+            self._emit(record, now)
+            if record.run_id in retried:
+                logger.info("task %s attempt %d failed; retry at %s", record.task_id, record.attempt, retried[record.run_id].isoformat())
+                self._emit(record, now, EventType.RETRY, retried[record.run_id])
+
+    def _enforce_timeouts(self, now: datetime) -> None:
+        for active in list(self._active.values()):
+            if active.deadline is not None and now >= active.deadline and not active.context.cancelled:
+                logger.warning("task %s run %s passed its timeout of %ss; cancelling", active.record.task_id, active.record.run_id, active.context.timeout)
+                active.context.cancel(CANCEL_TIMEOUT)
+
+    def _emit(self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None) -> None:
+        kind = kind or _EVENT_FOR_STATE.get(record.state)
+        if kind is not None:
+            self._events.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
+
+    def wait_for_runs(self, timeout: float | None = None) -> bool:
+        """Block until every submitted run has finished and been recorded; False on
+        timeout. Meant for tests and scripts that drive `run_due` themselves."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                futures = [a.future for a in self._active.values() if a.future is not None]
+            for future in futures:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    future.result(remaining)
+                except TimeoutError:
+                    return False
+                except Exception:  # noqa: BLE001 - _work never raises; cancelled futures do
+                    pass
+            self._collect_finished(self.clock.now())
+            with self._lock:
+                if not self._active:
+                    return True
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._loop_thread is not None and self._loop_thread.is_alive()
+
+    def start(self) -> None:
+        """Start the loop thread and return. Idempotent while running."""
+        if self.running:
+            return
+        if self._stopped:
+            raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
+        self._start_executor()
+        self._started_at = time.monotonic()
+        self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
+        self._loop_thread.start()
+        logger.info("scheduler started: %d task(s), %d worker(s), node %s", len(self._entries), self.config.scheduler.max_workers, self.node_id)
+
+    def _start_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.config.scheduler.max_workers, thread_name_prefix="task-worker")
+            return self._executor
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                delay = self.run_due()
+            except Exception:
+                # A broken store or a bug must not end the loop; back off and retry.
+                logger.exception("scheduler loop step failed; retrying in %ss", self.config.scheduler.check_interval)
+                delay = self.config.scheduler.check_interval
+            if delay > 0:
+                self._wake.wait(delay)
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop firing; with ``wait``, give running tasks up to ``timeout`` seconds
+        (default ``shutdown_timeout``), then cancel what is left: scripts are killed
+        with their process group, and runs that did not finish are recorded
+        INTERRUPTED. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join()
+        limit = self.config.scheduler.shutdown_timeout if timeout is None else timeout
+        if self._active:
+            logger.info("stopping: waiting up to %ss for %d running task(s)", limit if wait else 0, len(self._active))
+        if not wait or not self.wait_for_runs(limit):
+            for active in list(self._active.values()):
+                if active.future is not None and active.future.cancel():
+                    continue  # never started
+                active.context.cancel(CANCEL_SHUTDOWN)
+            self.wait_for_runs(self.config.tasks.kill_grace + 1.0)
+        now = self.clock.now()
+        self._collect_finished(now)
+        for record in self.store.interrupt_running(self.node_id, now, "scheduler stopped before the run finished"):
+            logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
+            self._emit(record, now)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_store:
+            self.store.close()
+        logger.info("scheduler stopped")
+
+    def run_forever(self) -> int:
+        """Run in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
+        Returns 0 after a graceful stop. Must be called from the main thread."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        try:
+            self.start()
+            while not self._signal_stop.wait(self.config.scheduler.check_interval):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload_config()
+            logger.info("received stop signal; shutting down")
+            self.stop(wait=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested.set()
+        else:
+            self._signal_stop.set()
+
+    def reload_config(self) -> bool:
+        """Re-read the config file: added jobs are scheduled, removed ones dropped,
+        changed ones rescheduled. An invalid file is logged and changes nothing.
+        Tasks added through the API are left alone. Returns whether it applied."""
+        if not self.config.source:
+            logger.warning("reload requested but the scheduler has no config file")
+            return False
+        try:
+            config = load_config(self.config.source)
+            pairs = config.build_tasks()
+        except TaskSchedulerError as exc:
+            logger.error("config reload rejected, keeping the running config: %s", exc)
+            return False
+        with self._lock:
+            old = {task_id for task_id, entry in self._entries.items() if entry.from_config}
+        new_ids = {task.task_id for task, _ in pairs}
+        for task_id in old - new_ids:
+            self.remove_task(task_id)
+        self.add_tasks(pairs, replace_existing=True, from_config=True)
+        configure_logging(config)
+        self.config = config
+        logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
+        return True
+
+    # -- status ---------------------------------------------------------------------
+    def get_task_status(self, task_id: str | None = None) -> dict[str, Any]:
+        """One task's status and stats, or (no argument) the totals with every task's
+        status under ``tasks``. Times are ISO 8601 in the scheduler's zone;
+        ``success_rate`` is a percentage of completed runs."""
+        states = self.store.task_states()
+        with self._lock:
+            entries = dict(self._entries)
+            active = list(self._active.values())
+        now = self.clock.now()
+        if task_id is not None:
+            if task_id not in entries or task_id not in states:
+                raise TaskNotFoundError(task_id)
+            return self._status(entries[task_id], states[task_id], active, now)
+        tasks = {tid: self._status(e, states[tid], active, now) for tid, e in entries.items() if tid in states}
+        totals: dict[str, Any] = {
+            "scheduler_running": self.running,
+            "node_id": self.node_id,
+            "uptime_seconds": None if self._started_at is None else round(time.monotonic() - self._started_at, 3),
+            "total_tasks": len(tasks),
+            "running_tasks": sum(1 for t in tasks.values() if t["running_instances"]),
+            "running_runs": len(active),
+            "paused_tasks": sum(1 for t in tasks.values() if t["status"] == "paused"),
+            "finished_tasks": sum(1 for t in tasks.values() if t["status"] == "finished"),
+            "total_runs": sum(t["run_count"] for t in tasks.values()),
+            "successful_runs": sum(t["success_count"] for t in tasks.values()),
+            "failed_runs": sum(t["failure_count"] for t in tasks.values()),
+            "tasks": tasks,
+        }
+        if self.config.scheduler.enable_monitoring:
+            totals["process"] = _process_stats()
+        return totals
+
+    def _status(self, entry: _Entry, state: TaskState, active: list[_Active], now: datetime) -> dict[str, Any]:
+        mine = [a for a in active if a.record.task_id == entry.task.task_id]
+        if mine:
+            status = "running"
+        elif state.paused:
+            status = "paused"
+        elif state.finished:
+            status = "finished"
+        else:
+            status = "scheduled"
+        completed = state.run_count
+        return {
+            **entry.task.options(),
+            "timeout": entry.timeout,
+            "status": status,
+            "schedule": entry.rule.describe(),
+            "paused": state.paused,
+            "run_count": state.run_count,
+            "success_count": state.success_count,
+            "failure_count": state.failure_count,
+            "retry_count": state.retry_count,
+            "missed_count": state.missed_count,
+            "skipped_count": state.skipped_count,
+            "interrupted_count": state.interrupted_count,
+            "success_rate": round(100.0 * state.success_count / completed, 2) if completed else None,
+            "average_duration": round(state.total_duration / completed, 6) if completed else None,
+            "last_duration": state.last_duration,
+            "last_run_time": self._local(state.last_run_at),
+            "last_state": state.last_state.value if state.last_state else None,
+            "last_error": state.last_error,
+            "next_run_time": self._local(state.next_run_at) if not state.paused else None,
+            "running_instances": len(mine),
+            "overdue_runs": [a.record.run_id for a in mine if a.deadline is not None and now > a.deadline],
+        }
+
+    def _local(self, moment: datetime | None) -> str | None:
+        return moment.astimezone(self.timezone).isoformat() if moment else None
+
+    def __enter__(self) -> TaskScheduler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(wait=True)
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _process_stats() -> dict[str, Any]:
+    process = psutil.Process()
+    with process.oneshot():
+        memory = process.memory_info()
+        return {
+            "pid": process.pid,
+            "rss_bytes": memory.rss,
+            "threads": process.num_threads(),
+            "cpu_percent": process.cpu_percent(interval=None),
+            "open_files": len(process.open_files()),
+        }
+

@@ -1,0 +1,666 @@
+"""Schedule rules: pure next-fire math for interval, cron and one-time schedules.
+
+Nothing here reads a clock. ``rule.next_fire_time(after)`` returns the first fire
+time strictly after ``after``; ``rule.first_fire_time(now)`` is the first one a newly
+added task gets. All returned datetimes are time-zone aware.
+
+Time zones and DST (the semantics users trip on):
+
+- An **interval** is real elapsed time, computed in UTC: ``every 1 hour`` fires 24
+  times on a 23-hour DST day and 25 times on a 25-hour one.
+- A **cron** rule matches local wall-clock time in its zone. A wall time that does
+  not exist (spring forward, e.g. 02:30 in Europe/Berlin on the last Sunday of
+  March) fires once at the first instant after the gap (03:00) when the rule names
+  specific hours, and is skipped when the hour field is a wildcard (``*/15 * * * *``
+  simply runs at the times that exist). A wall time that occurs twice (fall back)
+  fires once, at its first occurrence, when the rule names specific hours; a
+  wildcard-hour rule fires in both passes because both are real time. This is ISC
+  cron's rule, and it makes a fixed-time daily job run exactly once per local day.
+- Naive datetimes given to a rule (``run_at``, ``start``, ``end``) are read in the
+  rule's zone.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import zlib
+from bisect import bisect_left
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from enum import Enum
+from functools import lru_cache
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from task_scheduler.errors import ScheduleError
+
+__all__ = [
+    "CronRule",
+    "IntervalRule",
+    "OnceRule",
+    "ScheduleRule",
+    "ScheduleType",
+    "resolve_timezone",
+]
+
+_ONE_SECOND = timedelta(seconds=1)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class ScheduleType(Enum):
+    """The kinds of schedule a task can have."""
+
+    INTERVAL = "interval"
+    CRON = "cron"
+    ONCE = "once"
+
+
+def resolve_timezone(name: str | tzinfo | None) -> tzinfo:
+    """Return a tzinfo for an IANA name, ``"local"`` (the system zone) or ``"UTC"``.
+
+    ``"local"`` reads ``$TZ`` then ``/etc/localtime``; if neither names an IANA zone
+    it falls back to UTC rather than a fixed offset that would be wrong across DST.
+    """
+    if isinstance(name, tzinfo):
+        return name
+    if name is None or name.upper() == "UTC":
+        return UTC
+    if name == "local":
+        return _local_zone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ScheduleError(f"unknown time zone {name!r}") from exc
+
+
+@lru_cache(maxsize=1)
+def _local_zone() -> tzinfo:
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        link = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in link:
+            candidates.append(link.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    for key in candidates:
+        if key:
+            try:
+                return ZoneInfo(key)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return UTC
+
+
+def _as_aware(value: datetime | str, zone: tzinfo, field: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ScheduleError(f"{field}: not an ISO 8601 datetime: {value!r}") from exc
+    if not isinstance(value, datetime):
+        raise ScheduleError(f"{field}: expected a datetime, got {value!r}")
+    return value.replace(tzinfo=zone) if value.tzinfo is None else value
+
+
+class ScheduleRule:
+    """When a task fires. ``ScheduleRule(ScheduleType.CRON, cron="0 2 * * *")`` builds the
+    matching subclass (`IntervalRule`, `CronRule`, `OnceRule`), which can also be used
+    directly.
+
+    Common options: ``timezone`` (IANA name or tzinfo; None means the scheduler's zone),
+    ``start`` and ``end`` (no fire before/after), ``jitter`` (seconds; each occurrence
+    is shifted by a deterministic pseudo-random amount in ``[0, jitter)`` derived from
+    the task id and the occurrence, so restarts and nodes agree on it).
+    """
+
+    schedule_type: ClassVar[ScheduleType]
+    timezone: tzinfo | None
+
+    def __new__(cls, schedule_type: ScheduleType | str | None = None, /, **_: Any) -> ScheduleRule:
+        if cls is ScheduleRule:
+            if schedule_type is None:
+                raise ScheduleError("ScheduleRule needs a ScheduleType (INTERVAL, CRON or ONCE)")
+            try:
+                kind = ScheduleType(schedule_type)
+            except ValueError as exc:
+                raise ScheduleError(f"unknown schedule type {schedule_type!r}") from exc
+            cls = _RULE_CLASSES[kind]
+        return super().__new__(cls)
+
+    def _init_common(
+        self,
+        timezone: str | tzinfo | None,
+        start: datetime | str | None,
+        end: datetime | str | None,
+        jitter: float,
+    ) -> None:
+        self.timezone = None if timezone is None else resolve_timezone(timezone)
+        zone = self.timezone or UTC
+        self.start = None if start is None else _as_aware(start, zone, "start").astimezone(UTC)
+        self.end = None if end is None else _as_aware(end, zone, "end").astimezone(UTC)
+        if self.start and self.end and self.end < self.start:
+            raise ScheduleError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
+        if not isinstance(jitter, (int, float)) or jitter < 0:
+            raise ScheduleError(f"jitter must be a number of seconds >= 0, got {jitter!r}")
+        self.jitter = float(jitter)
+
+    # -- the pure math every rule provides ------------------------------------------
+    def next_fire_time(self, after: datetime) -> datetime | None:
+        """The first fire time strictly after ``after`` (aware), in UTC; None when done."""
+        raise NotImplementedError
+
+    def first_fire_time(self, now: datetime) -> datetime | None:
+        """The first fire time of a task added at ``now``."""
+        return self.next_fire_time(now - _ONE_MICROSECOND)
+
+    def describe(self) -> str:
+        """The schedule in words, for people (``every 30 seconds``)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as the JSON config's ``schedule`` object (round-trips via `from_dict`)."""
+        raise NotImplementedError
+
+    # -- shared helpers -------------------------------------------------------------
+    def with_timezone(self, zone: tzinfo) -> ScheduleRule:
+        """A copy bound to ``zone`` if this rule has no zone of its own, else self.
+
+        Naive datetimes the rule was built with are re-read in ``zone``.
+        """
+        if self.timezone is not None:
+            return self
+        return type(self)(**{**self._arguments, "timezone": zone})
+
+    def fingerprint(self) -> str:
+        """A stable text identity: a changed fingerprint means the task is rescheduled."""
+        data = self.to_dict()
+        if isinstance(data.get("timezone"), tzinfo):
+            data["timezone"] = str(data["timezone"])
+        return repr(sorted(data.items()))
+
+    def jitter_offset(self, task_id: str, fire_time: datetime) -> timedelta:
+        """The deterministic delay ``[0, jitter)`` for one occurrence of one task."""
+        if not self.jitter:
+            return timedelta(0)
+        seed = zlib.crc32(f"{task_id}@{int(fire_time.timestamp())}".encode())
+        fraction = seed / 2**32
+        return timedelta(seconds=self.jitter * fraction)
+
+    def _common_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.timezone is not None:
+            data["timezone"] = getattr(self.timezone, "key", self.timezone)
+        if self.start is not None:
+            data["start"] = self.start.isoformat()
+        if self.end is not None:
+            data["end"] = self.end.isoformat()
+        if self.jitter:
+            data["jitter"] = self.jitter
+        return data
+
+    def _bounded(self, fire: datetime | None) -> datetime | None:
+        if fire is None or (self.end is not None and fire > self.end):
+            return None
+        return fire
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ScheduleRule:
+        """Build a rule from the config's ``schedule`` object.
+
+        Exactly one of ``interval`` (``{"seconds": 30}`` or a number of seconds),
+        ``cron`` (an expression or ``{"hour": 2, "minute": 30}``) or ``once`` (an ISO
+        datetime), plus optional ``timezone``, ``start``, ``end``, ``jitter``.
+        """
+        if not isinstance(data, dict):
+            raise ScheduleError(f"schedule must be an object, got {data!r}")
+        kinds = [kind for kind in ("interval", "cron", "once") if kind in data]
+        if len(kinds) != 1:
+            raise ScheduleError("schedule needs exactly one of 'interval', 'cron', 'once'")
+        unknown = set(data) - {"interval", "cron", "once", "timezone", "start", "end", "jitter"}
+        if unknown:
+            raise ScheduleError(f"unknown schedule key(s): {', '.join(sorted(unknown))}")
+        common = {key: data[key] for key in ("timezone", "start", "end", "jitter") if key in data}
+        kind, spec = kinds[0], data[kinds[0]]
+        if kind == "interval":
+            if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+                return IntervalRule(seconds=spec, **common)
+            if not isinstance(spec, dict):
+                raise ScheduleError(f"interval must be a number of seconds or an object, got {spec!r}")
+            return IntervalRule(**spec, **common)
+        if kind == "cron":
+            if isinstance(spec, str):
+                return CronRule(cron=spec, **common)
+            if not isinstance(spec, dict):
+                raise ScheduleError(f"cron must be an expression or an object of fields, got {spec!r}")
+            return CronRule(**spec, **common)
+        return OnceRule(run_at=spec, **common)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScheduleRule) and self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+
+class IntervalRule(ScheduleRule):
+    """Every N seconds/minutes/hours/days/weeks of real elapsed time.
+
+    Without ``start`` the first fire is one period after the task is added and later
+    fires follow the previous *scheduled* time (never the time a run finished), so
+    lateness never accumulates. With ``start`` every fire lies on the grid
+    ``start + k * period``.
+    """
+
+    schedule_type = ScheduleType.INTERVAL
+
+    def __init__(
+        self,
+        schedule_type: ScheduleType | str | None = None,
+        /,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        timezone: str | tzinfo | None = None,
+        jitter: float = 0,
+    ) -> None:
+        for name, value in (("weeks", weeks), ("days", days), ("hours", hours), ("minutes", minutes), ("seconds", seconds)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ScheduleError(f"interval {name} must be a number >= 0, got {value!r}")
+        self._arguments = {
+            "weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds,
+            "start": start, "end": end, "jitter": jitter,
+        }
+        self.period = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if self.period <= timedelta(0):
+            raise ScheduleError("interval must be longer than 0 seconds")
+        self._init_common(timezone, start, end, jitter)
+
+    def next_fire_time(self, after: datetime) -> datetime | None:
+        after = after.astimezone(UTC)
+        if self.start is None:
+            return self._bounded(after + self.period)
+        start = self.start
+        if after < start:
+            return self._bounded(start)
+        periods = (after - start) // self.period + 1
+        return self._bounded(start + periods * self.period)
+
+    def first_fire_time(self, now: datetime) -> datetime | None:
+        if self.start is None:
+            return self.next_fire_time(now)
+        return self.next_fire_time(now - _ONE_MICROSECOND)
+
+    def describe(self) -> str:
+        seconds = self.period.total_seconds()
+        for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size and seconds % size == 0:
+                count = int(seconds // size)
+                return f"every {count} {unit}{'s' if count != 1 else ''}"
+        return f"every {seconds:g} second{'s' if seconds != 1 else ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interval": {"seconds": self.period.total_seconds()}, **self._common_dict()}
+
+
+class OnceRule(ScheduleRule):
+    """Fires once at ``run_at``. A ``run_at`` in the past is due immediately and then
+    follows the misfire rules (runs if within ``misfire_grace_time``, else MISSED)."""
+
+    schedule_type = ScheduleType.ONCE
+
+    def __init__(
+        self,
+        schedule_type: ScheduleType | str | None = None,
+        /,
+        *,
+        run_at: datetime | str | None = None,
+        timezone: str | tzinfo | None = None,
+        jitter: float = 0,
+    ) -> None:
+        self._init_common(timezone, None, None, jitter)
+        if run_at is None:
+            raise ScheduleError("once: run_at is required")
+        self._arguments = {"run_at": run_at, "jitter": jitter}
+        self.run_at = _as_aware(run_at, self.timezone or UTC, "run_at").astimezone(UTC)
+
+    def next_fire_time(self, after: datetime) -> datetime | None:
+        return self.run_at if self.run_at > after.astimezone(UTC) else None
+
+    def first_fire_time(self, now: datetime) -> datetime | None:
+        return self.run_at
+
+    def describe(self) -> str:
+        return f"once at {self.run_at.isoformat()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"once": self.run_at.isoformat(), **self._common_dict()}
+
+
+# -- cron ---------------------------------------------------------------------------
+
+_CRON_FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
+_FIELD_RANGES = {
+    "second": "0-59",
+    "minute": "0-59",
+    "hour": "0-23",
+    "day": "1-31 or L",
+    "month": "1-12 or jan-dec",
+    "day_of_week": "0-7 or sun-sat (0 and 7 are Sunday)",
+}
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+# A valid rule must match at least once in this many years (Feb 29 on a given
+# weekday can take 28 years); beyond that the expression can never fire.
+_SEARCH_YEARS = 29
+
+
+@dataclass(frozen=True)
+class _CronSpec:
+    """The expanded value sets of one expression, shared by every rule that uses it."""
+
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    last_day: bool
+    months: frozenset[int]
+    weekdays: frozenset[int]  # cron numbering: Sunday is 0
+    nth_weekday: dict[int, frozenset[int]]
+    day_star: bool
+    weekday_star: bool
+    hour_wildcard: bool
+
+    def day_matches(self, day: date) -> bool:
+        day_hit = day.day in self.days or (
+            self.last_day and day.day == calendar.monthrange(day.year, day.month)[1]
+        )
+        weekday = (day.weekday() + 1) % 7
+        weekday_hit = weekday in self.weekdays and (
+            weekday not in self.nth_weekday or (day.day - 1) // 7 + 1 in self.nth_weekday[weekday]
+        )
+        # Vixie cron: if either field starts with '*', both must match; otherwise either.
+        if self.day_star or self.weekday_star:
+            return day_hit and weekday_hit
+        return day_hit or weekday_hit
+
+    def next_match(self, moment: datetime) -> datetime | None:
+        """The first naive wall time >= ``moment`` (whole seconds) matching every field."""
+        moment = moment.replace(fold=0)
+        limit_year = moment.year + _SEARCH_YEARS
+        while moment.year <= limit_year:
+            if moment.month not in self.months:
+                year, month = moment.year, moment.month + 1
+                while month not in self.months:
+                    month += 1
+                    if month > 12:
+                        year, month = year + 1, 1
+                        if year > limit_year:
+                            return None
+                if month > 12:
+                    year, month = year + 1, min(self.months)
+                moment = datetime(year, month, 1)
+                continue
+            if not self.day_matches(moment.date()):
+                moment = datetime(moment.year, moment.month, moment.day) + timedelta(days=1)
+                continue
+            hour = _next_value(self.hours, moment.hour)
+            if hour is None:
+                moment = datetime(moment.year, moment.month, moment.day) + timedelta(days=1)
+                continue
+            if hour != moment.hour:
+                moment = moment.replace(hour=hour, minute=0, second=0)
+            minute = _next_value(self.minutes, moment.minute)
+            if minute is None:
+                moment = moment.replace(minute=0, second=0) + timedelta(hours=1)
+                continue
+            if minute != moment.minute:
+                moment = moment.replace(minute=minute, second=0)
+            second = _next_value(self.seconds, moment.second)
+            if second is None:
+                moment = moment.replace(second=0) + timedelta(minutes=1)
+                continue
+            return moment.replace(second=second)
+        return None
+
+
+def _next_value(values: tuple[int, ...], current: int) -> int | None:
+    index = bisect_left(values, current)
+    return values[index] if index < len(values) else None
+
+
+def _expand_field(field: str, text: str, expression: str) -> list[Any]:
+    """Expand one field through croniter, raising an error that names the field."""
+    probe = ["0", "0", "0", "1", "1", "*"]
+    position = _CRON_FIELDS.index(field)
+    probe[position] = text
+    # croniter wants seconds last unless told otherwise; we always pass six fields.
+    try:
+        expanded, nth = croniter.expand(" ".join(probe), second_at_beginning=True)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ScheduleError(
+            f"cron field '{field}' has invalid value {text!r} in {expression!r} "
+            f"(allowed: {_FIELD_RANGES[field]})"
+        ) from exc
+    # croniter returns [minute, hour, day, month, day_of_week, second]
+    order = {"minute": 0, "hour": 1, "day": 2, "month": 3, "day_of_week": 4, "second": 5}
+    values = list(expanded[order[field]])
+    if field == "day_of_week":
+        values.append(nth)
+    return values
+
+
+@lru_cache(maxsize=4096)
+def _parse_cron(fields: tuple[str, ...], expression: str) -> _CronSpec:
+    second, minute, hour, day, month, day_of_week = fields
+    expanded = {name: _expand_field(name, text, expression) for name, text in zip(_CRON_FIELDS, fields, strict=True)}
+
+    def numbers(name: str, full: range) -> tuple[int, ...]:
+        values = expanded[name]
+        if values == ["*"]:
+            return tuple(full)
+        return tuple(sorted({int(v) for v in values if isinstance(v, int)}))
+
+    nth_raw = expanded["day_of_week"].pop()
+    day_values = expanded["day"]
+    spec = _CronSpec(
+        seconds=numbers("second", range(60)),
+        minutes=numbers("minute", range(60)),
+        hours=numbers("hour", range(24)),
+        days=frozenset(range(1, 32)) if day_values == ["*"] else frozenset(v for v in day_values if isinstance(v, int)),
+        last_day="l" in day_values,
+        months=frozenset(numbers("month", range(1, 13))),
+        weekdays=frozenset(v % 7 for v in numbers("day_of_week", range(7))),
+        nth_weekday={int(k) % 7: frozenset(int(n) for n in v) for k, v in nth_raw.items()},
+        day_star=day.startswith("*"),
+        weekday_star=day_of_week.startswith("*"),
+        hour_wildcard=hour == "*",
+    )
+    if spec.next_match(datetime(2000, 1, 1)) is None:
+        raise ScheduleError(f"cron expression {expression!r} never fires (day {day!r} never occurs in month {month!r})")
+    return spec
+
+
+class CronRule(ScheduleRule):
+    """Fires when local wall-clock time matches a cron expression.
+
+    ``cron`` takes 5 fields (``minute hour day month day_of_week``), or 6 with seconds
+    first (``*/5 * * * * *``), or an alias (``@daily``, ``@hourly`` ...). Instead of
+    ``cron`` the fields can be given as keywords (``hour=2, minute=30,
+    day_of_week="mon-fri"``): fields less significant than the least significant one
+    given default to their minimum, the rest to ``*`` (so ``hour=2`` means 02:00:00).
+    Day of week counts Sunday as 0 and as 7. When both day and day_of_week are
+    restricted a day matching either fires (Vixie cron); a field starting with ``*``
+    (like ``*/2``) counts as unrestricted for that choice.
+    See the module docstring for DST.
+    """
+
+    schedule_type = ScheduleType.CRON
+
+    def __init__(
+        self,
+        schedule_type: ScheduleType | str | None = None,
+        /,
+        *,
+        cron: str | None = None,
+        second: int | str | None = None,
+        minute: int | str | None = None,
+        hour: int | str | None = None,
+        day: int | str | None = None,
+        month: int | str | None = None,
+        day_of_week: int | str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        timezone: str | tzinfo | None = None,
+        jitter: float = 0,
+    ) -> None:
+        keywords = {
+            "second": second,
+            "minute": minute,
+            "hour": hour,
+            "day": day,
+            "month": month,
+            "day_of_week": day_of_week,
+        }
+        given = {name: value for name, value in keywords.items() if value is not None}
+        if cron is not None and given:
+            raise ScheduleError("cron: give either an expression or keyword fields, not both")
+        if cron is not None:
+            if not isinstance(cron, str):
+                raise ScheduleError(f"cron expression must be a string, got {cron!r}")
+            self.expression = " ".join(cron.split())
+            fields = _split_expression(self.expression)
+        elif given:
+            fields = _fields_from_keywords(given)
+            self.expression = " ".join(fields)
+        else:
+            raise ScheduleError("cron: an expression or at least one field is required")
+        self._arguments = {"cron": self.expression, "start": start, "end": end, "jitter": jitter}
+        self.fields = fields
+        self._spec = _parse_cron(fields, self.expression)
+        self._init_common(timezone, start, end, jitter)
+
+    @classmethod
+    def from_crontab(cls, expression: str, timezone: str | tzinfo | None = None) -> CronRule:
+        """A rule from a crontab line's schedule part (5 or 6 fields, or an alias)."""
+        return cls(cron=expression, timezone=timezone)
+
+    def next_fire_time(self, after: datetime) -> datetime | None:
+        # Every comparison is between UTC datetimes: Python compares two datetimes of
+        # the same zone by wall time and ignores fold, which is wrong in a DST repeat.
+        zone = self.timezone or UTC
+        after = after.astimezone(UTC)
+        if self.start is not None and after < self.start:
+            after = self.start - _ONE_MICROSECOND
+        local = after.astimezone(zone)
+        fire = self._next_in_wall_order(after, local.replace(tzinfo=None, microsecond=0) + _ONE_SECOND)
+        if self._spec.hour_wildcard and local.fold == 0 and local.replace(fold=1).utcoffset() != local.utcoffset():
+            # ``after`` lies in the first pass of a repeated hour: wall-time order
+            # runs past the second pass, which a wildcard-hour rule also fires in.
+            transition = _transition(after, local.replace(fold=1).astimezone(UTC), zone)
+            repeat = self._spec.next_match(transition.astimezone(zone).replace(tzinfo=None))
+            if repeat is not None:
+                first = repeat.replace(tzinfo=zone).astimezone(UTC)
+                second = repeat.replace(tzinfo=zone, fold=1).astimezone(UTC)
+                if first != second and (fire is None or second < fire):
+                    fire = self._bounded(second)
+        return fire
+
+    def _next_in_wall_order(self, after: datetime, moment: datetime) -> datetime | None:
+        zone = self.timezone or UTC
+        spec = self._spec
+        while True:
+            wall = spec.next_match(moment)
+            if wall is None:
+                return None
+            first = wall.replace(tzinfo=zone).astimezone(UTC)
+            second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+            if first == second:  # an ordinary wall time
+                if first > after:
+                    return self._bounded(first)
+            elif first < second:  # fall back: the wall time occurs twice
+                if first > after:
+                    return self._bounded(first)
+                if spec.hour_wildcard and second > after:
+                    return self._bounded(second)
+            else:  # spring forward: the wall time does not exist
+                gap_end = _transition(second, first, zone)
+                if not spec.hour_wildcard and gap_end > after:
+                    return self._bounded(gap_end)
+                resume = gap_end.astimezone(zone).replace(tzinfo=None)
+                if resume > wall:
+                    moment = resume
+                    continue
+            moment = wall + _ONE_SECOND
+
+    def describe(self) -> str:
+        zone = getattr(self.timezone, "key", None) or (str(self.timezone) if self.timezone else None)
+        return f"cron '{self.expression}'" + (f" ({zone})" if zone else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cron": self.expression, **self._common_dict()}
+
+
+def _split_expression(expression: str) -> tuple[str, ...]:
+    expression = _ALIASES.get(expression.lower(), expression)
+    parts = expression.split()
+    if len(parts) == 5:
+        return ("0", *parts)
+    if len(parts) == 6:
+        return tuple(parts)
+    raise ScheduleError(
+        f"cron expression {expression!r} has {len(parts)} fields; expected 5 "
+        "(minute hour day month day_of_week) or 6 (second first)"
+    )
+
+
+def _fields_from_keywords(given: dict[str, int | str]) -> tuple[str, ...]:
+    significance = ["month", "day", "hour", "minute", "second"]  # day_of_week ranks as day
+    least = max(significance.index("day" if name == "day_of_week" else name) for name in given)
+    fields = []
+    for name in _CRON_FIELDS:
+        if name in given:
+            fields.append(str(given[name]).strip())
+        elif name in ("second", "minute", "hour") and significance.index(name) > least:
+            fields.append("0")
+        else:
+            fields.append("*")
+    return tuple(fields)
+
+
+def _transition(before: datetime, after: datetime, zone: tzinfo) -> datetime:
+    """The first instant (UTC, whole seconds) in ``(before, after]`` whose UTC offset
+    is that of ``after``: the DST transition between two instants around it."""
+    target = after.astimezone(zone).utcoffset()
+    low, high = int(before.timestamp()), int(after.timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, UTC).astimezone(zone).utcoffset() == target:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
+
+
+_RULE_CLASSES: dict[ScheduleType, type[ScheduleRule]] = {
+    ScheduleType.INTERVAL: IntervalRule,
+    ScheduleType.CRON: CronRule,
+    ScheduleType.ONCE: OnceRule,
+}

@@ -1,0 +1,325 @@
+"""The Store contract: what every state backend speaks, and the pure misfire policy.
+
+The scheduler never owns the truth about *when* a task is due or *whether* an
+occurrence already ran: it asks the store to **claim** due occurrences. A claim
+advances the task's ``next_run_at`` and inserts RUNNING run rows in one step, so the
+same occurrence can never be handed out twice, by this process or (for a shared
+store) by another node. Misfire, coalesce, catch-up, max_instances and max_runs are
+decided inside the claim by `decide` so that every store applies the same rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Protocol
+
+__all__ = [
+    "Claim",
+    "ConcurrencyPolicy",
+    "NextFire",
+    "Retry",
+    "RunRecord",
+    "RunState",
+    "Store",
+    "TaskDefinition",
+    "TaskState",
+    "decide",
+    "new_run_id",
+]
+
+# How many missed occurrences of one task a claim lists one by one; past that the
+# rest are summarised in a single MISSED record (a 1-second job down for a day
+# would otherwise write 86,400 rows).
+MAX_LISTED_OCCURRENCES = 1000
+
+NextFire = Callable[[str, datetime], datetime | None]
+"""``next_fire(task_id, after)``: the pure next-fire callback a claim uses."""
+
+
+class RunState(Enum):
+    """The life of one occurrence's attempt; the last six are final outcomes."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    MISSED = "missed"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RunState.SCHEDULED, RunState.RUNNING)
+
+
+class ConcurrencyPolicy(Enum):
+    """What an occurrence does when the task already has ``max_instances`` running
+    (names from Kubernetes CronJob)."""
+
+    FORBID = "forbid"  # skip it and record SKIPPED
+    ALLOW = "allow"  # run it anyway
+    REPLACE = "replace"  # cancel the running one(s), then run it
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunRecord:
+    """One attempt of one occurrence of a task, from claim to outcome."""
+
+    run_id: str
+    task_id: str
+    scheduled_for: datetime
+    state: RunState
+    attempt: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    output: str | None = None
+    node: str | None = None
+    manual: bool = False
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def queue_delay(self) -> float | None:
+        """Seconds from the scheduled time until a worker started the run."""
+        if self.started_at is None:
+            return None
+        return (self.started_at - self.scheduled_for).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "scheduled_for": _iso(self.scheduled_for),
+            "state": self.state.value,
+            "attempt": self.attempt,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration": self.duration,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "output": self.output,
+            "node": self.node,
+            "manual": self.manual,
+        }
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """What the store needs to know about a task to claim its occurrences."""
+
+    task_id: str
+    fingerprint: str  # a changed fingerprint reschedules the task from first_fire
+    first_fire: datetime | None
+    misfire_grace_time: float | None = 60.0  # None: any lateness is fine
+    coalesce: bool = True
+    catch_up: bool = False
+    max_instances: int = 1
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.FORBID
+    max_runs: int | None = None
+
+
+@dataclass
+class TaskState:
+    """The persisted schedule state and counters of one task."""
+
+    task_id: str
+    fingerprint: str = ""
+    next_run_at: datetime | None = None
+    paused: bool = False
+    finished: bool = False
+    run_count: int = 0  # occurrences that reached a final SUCCEEDED/FAILED/TIMED_OUT
+    success_count: int = 0
+    failure_count: int = 0
+    retry_count: int = 0  # failed attempts that were retried
+    missed_count: int = 0
+    skipped_count: int = 0
+    interrupted_count: int = 0
+    total_duration: float = 0.0
+    last_run_at: datetime | None = None
+    last_state: RunState | None = None
+    last_error: str | None = None
+    last_duration: float | None = None
+
+    def count(self, record: RunRecord, retried: bool) -> None:
+        """Fold one final record into the counters."""
+        state = record.state
+        if state is RunState.MISSED:
+            self.missed_count += 1
+            return
+        if state is RunState.SKIPPED:
+            self.skipped_count += 1
+            return
+        if state is RunState.INTERRUPTED:
+            self.interrupted_count += 1
+        elif retried:
+            self.retry_count += 1
+        else:
+            self.run_count += 1
+            if state is RunState.SUCCEEDED:
+                self.success_count += 1
+            else:
+                self.failure_count += 1
+            self.total_duration += record.duration or 0.0
+        self.last_run_at = record.started_at or record.scheduled_for
+        self.last_state = state
+        self.last_error = record.error if state is not RunState.SUCCEEDED else None
+        self.last_duration = record.duration
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A failed attempt to be run again at ``due_at`` as a timed occurrence."""
+
+    record: RunRecord
+    due_at: datetime
+
+
+@dataclass
+class Claim:
+    """What one `Store.claim_due` call hands the scheduler."""
+
+    runs: list[RunRecord] = field(default_factory=list)  # RUNNING, to execute now
+    recorded: list[RunRecord] = field(default_factory=list)  # MISSED/SKIPPED, already final
+    replace: list[str] = field(default_factory=list)  # run_ids to cancel (policy REPLACE)
+    next_due: datetime | None = None  # earliest due time still pending
+    more: bool = False  # the limit was hit: claim again at once
+
+
+@dataclass
+class Decision:
+    """The outcome of `decide` for one due task."""
+
+    run: datetime | None
+    missed: list[tuple[datetime, str]]
+    skipped: tuple[datetime, str] | None
+    next_run_at: datetime | None
+    replace: bool = False
+
+
+def decide(
+    definition: TaskDefinition,
+    state: TaskState,
+    now: datetime,
+    running: int,
+    next_fire: NextFire,
+) -> Decision:
+    """Apply misfire, coalesce, catch-up, max_runs and max_instances to a due task.
+
+    The occurrences due at or before ``now`` (from ``state.next_run_at``) are listed,
+    then the policy decides: one later than ``misfire_grace_time`` is MISSED, one
+    within grace runs late; with ``coalesce`` the timely ones collapse into a single
+    run (of the latest), the rest recorded MISSED as coalesced; with ``catch_up`` and
+    nothing timely, the latest missed occurrence still runs once (systemd's
+    ``Persistent=true``). Time spent waiting for a free worker comes after the claim,
+    so it is queueing, never a misfire.
+    """
+    assert state.next_run_at is not None
+    due: list[datetime] = []
+    fire: datetime | None = state.next_run_at
+    while fire is not None and fire <= now and len(due) < MAX_LISTED_OCCURRENCES:
+        due.append(fire)
+        fire = next_fire(definition.task_id, fire)
+    overflow = fire is not None and fire <= now
+    if overflow:
+        fire = next_fire(definition.task_id, now)
+    grace = definition.misfire_grace_time
+    timely = [when for when in due if grace is None or (now - when).total_seconds() <= grace]
+    late = [when for when in due if when not in timely]
+    missed = [(when, f"missed by {(now - when).total_seconds():.3f}s (misfire_grace_time={grace}s)") for when in late]
+    if overflow:
+        missed.append((due[-1], f"and more occurrences missed until {now.isoformat()}"))
+    to_run: datetime | None = None
+    if timely:
+        to_run = timely[-1]
+        if definition.coalesce:
+            missed += [(when, f"coalesced into the run for {to_run.isoformat()}") for when in timely[:-1]]
+        else:
+            # Without coalesce every timely occurrence is its own run; the scheduler
+            # claims again at once for the next one (next_run_at stays on it).
+            to_run = timely[0]
+            fire = timely[1] if len(timely) > 1 else fire
+    elif definition.catch_up and late:
+        to_run = late[-1]
+        missed = [item for item in missed if item[0] != to_run]
+    if to_run is None:
+        return Decision(None, missed, None, fire)
+    if definition.max_runs is not None and state.run_count + running >= definition.max_runs:
+        return Decision(None, missed, (to_run, f"max_runs={definition.max_runs} reached"), fire)
+    if running >= definition.max_instances:
+        if definition.concurrency_policy is ConcurrencyPolicy.FORBID:
+            return Decision(None, missed, (to_run, f"max_instances={definition.max_instances} already running"), fire)
+        if definition.concurrency_policy is ConcurrencyPolicy.REPLACE:
+            return Decision(to_run, missed, None, fire, replace=True)
+    return Decision(to_run, missed, None, fire)
+
+
+def record_for(task_id: str, when: datetime, state: RunState, node: str, error: str | None = None) -> RunRecord:
+    return RunRecord(new_run_id(), task_id, when, state, node=node, error=error)
+
+
+class Store(Protocol):
+    """The narrow contract the scheduler uses for all state. Thread-safe.
+
+    Every method is one transaction. Times are aware UTC datetimes.
+    """
+
+    def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
+        """Register or update tasks. A new task, or one whose fingerprint changed, gets
+        ``next_run_at = first_fire``; an unchanged one keeps its state (counts, pause,
+        next_run_at). Returns the states of the given tasks."""
+
+    def remove_tasks(self, task_ids: Iterable[str]) -> None:
+        """Drop tasks from the schedule; their history is kept."""
+
+    def claim_due(self, now: datetime, limit: int, node: str, next_fire: NextFire) -> Claim:
+        """Take up to ``limit`` due occurrences (tasks whose ``next_run_at <= now`` and
+        SCHEDULED rows - retries, manual triggers - with ``due_at <= now``) of unpaused,
+        unfinished tasks; apply `decide`; advance ``next_run_at``; insert the RUNNING
+        rows and the final MISSED/SKIPPED rows. Never returns an occurrence twice."""
+
+    def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
+        """Store final outcomes of RUNNING rows, update counters, insert retries as
+        SCHEDULED rows, and mark ONCE/max_runs tasks finished."""
+
+    def set_paused(self, task_id: str, paused: bool) -> TaskState:
+        """Pause or resume; raises TaskNotFoundError. Resuming recomputes nothing: a
+        next_run_at in the past then follows the misfire rules."""
+
+    def request_run(self, task_id: str, due_at: datetime, node: str) -> RunRecord:
+        """Insert a manual SCHEDULED occurrence due at ``due_at``; raises TaskNotFoundError."""
+
+    def task_states(self) -> dict[str, TaskState]:
+        """Every registered task's state."""
+
+    def running(self) -> list[RunRecord]:
+        """The RUNNING and SCHEDULED rows."""
+
+    def history(
+        self, task_id: str | None = None, state: RunState | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Final records, newest first."""
+
+    def interrupt_running(self, node: str | None, now: datetime, reason: str) -> list[RunRecord]:
+        """Mark this node's RUNNING rows (all nodes' if None) INTERRUPTED; return them."""
+
+    def close(self) -> None:
+        """Release connections; idempotent."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

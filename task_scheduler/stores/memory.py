@@ -1,0 +1,236 @@
+"""An in-process store: a heap of due times and bounded history. Nothing survives
+the process; use it for tests and for schedules that are rebuilt at every start."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from task_scheduler.errors import TaskNotFoundError
+from task_scheduler.stores.base import (
+    Claim,
+    NextFire,
+    Retry,
+    RunRecord,
+    RunState,
+    TaskDefinition,
+    TaskState,
+    decide,
+    new_run_id,
+    record_for,
+)
+
+
+class MemoryStore:
+    """The `Store` contract in memory. ``max_history_per_task`` bounds the history."""
+
+    def __init__(self, max_history_per_task: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._definitions: dict[str, TaskDefinition] = {}
+        self._states: dict[str, TaskState] = {}
+        # Lazy-deletion heap of (next_run_at, version, task_id): an entry is live only
+        # while its version matches the task's, so a reschedule never searches the heap.
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._versions: dict[str, int] = {}
+        self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id): SCHEDULED rows
+        self._waiting: dict[str, list[tuple[datetime, str, str]]] = {}  # wait for resume / a free instance
+        self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> row
+        self._history: dict[str, deque[RunRecord]] = {}
+        self._max_history = max_history_per_task
+
+    # -- registration ---------------------------------------------------------------
+    def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
+        with self._lock:
+            result = {}
+            for definition in definitions:
+                state = self._states.get(definition.task_id)
+                if state is None or state.fingerprint != definition.fingerprint:
+                    state = state or TaskState(definition.task_id)
+                    state.fingerprint = definition.fingerprint
+                    state.next_run_at = definition.first_fire
+                    state.finished = definition.first_fire is None
+                    self._states[definition.task_id] = state
+                self._definitions[definition.task_id] = definition
+                self._push(state)
+                result[definition.task_id] = replace(state)
+            return result
+
+    def remove_tasks(self, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._definitions.pop(task_id, None)
+                self._states.pop(task_id, None)
+                self._active.pop(task_id, None)
+                self._waiting.pop(task_id, None)
+                self._versions[task_id] = self._versions.get(task_id, 0) + 1
+
+    # -- claiming -------------------------------------------------------------------
+    def claim_due(self, now: datetime, limit: int, node: str, next_fire: NextFire) -> Claim:
+        claim = Claim()
+        with self._lock:
+            while self._pending and self._pending[0][0] <= now and len(claim.runs) < limit:
+                entry = heapq.heappop(self._pending)
+                if not self._claim_pending(entry[1], entry[2], node, claim):
+                    # A retry or manual run is never dropped: it waits until the task
+                    # is resumed or an instance finishes.
+                    self._waiting.setdefault(entry[2], []).append(entry)
+            while self._heap and self._heap[0][0] <= now and len(claim.runs) < limit:
+                _, version, task_id = heapq.heappop(self._heap)
+                if self._versions.get(task_id) == version:
+                    self._claim_task(task_id, now, node, next_fire, claim)
+            claim.more = len(claim.runs) >= limit
+            claim.next_due = self._next_due()
+        return claim
+
+    def _claim_pending(self, run_id: str, task_id: str, node: str, claim: Claim) -> bool:
+        """Start one SCHEDULED row; False when it has to wait."""
+        if run_id not in self._active.get(task_id, {}):
+            return True  # its task was removed
+        definition = self._definitions.get(task_id)
+        state = self._states.get(task_id)
+        if definition is None or state is None:
+            del self._active[task_id][run_id]
+            return True
+        if state.paused or self._running_count(task_id) >= definition.max_instances:
+            return False
+        record = self._active[task_id][run_id]
+        record.state, record.node = RunState.RUNNING, node
+        claim.runs.append(replace(record))
+        return True
+
+    def _claim_task(self, task_id: str, now: datetime, node: str, next_fire: NextFire, claim: Claim) -> None:
+        state = self._states[task_id]
+        definition = self._definitions[task_id]
+        if state.paused or state.finished or state.next_run_at is None:
+            return
+        decision = decide(definition, state, now, self._running_count(task_id), next_fire)
+        state.next_run_at = decision.next_run_at
+        final = [record_for(task_id, when, RunState.MISSED, node, reason) for when, reason in decision.missed]
+        if decision.skipped is not None:
+            final.append(record_for(task_id, decision.skipped[0], RunState.SKIPPED, node, decision.skipped[1]))
+        for record in final:
+            self._record_final(record)
+        claim.recorded.extend(final)
+        if decision.run is not None:
+            if decision.replace:
+                claim.replace += [
+                    r.run_id for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING
+                ]
+            record = RunRecord(new_run_id(), task_id, decision.run, RunState.RUNNING, node=node)
+            self._active.setdefault(task_id, {})[record.run_id] = record
+            claim.runs.append(replace(record))
+        self._settle(state)
+
+    # -- outcomes -------------------------------------------------------------------
+    def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
+        with self._lock:
+            retried = {retry.record.run_id for retry in retries}
+            for record in records:
+                self._active.get(record.task_id, {}).pop(record.run_id, None)
+                self._record_final(record, retried=record.run_id in retried)
+            for retry in retries:
+                again = RunRecord(
+                    new_run_id(),
+                    retry.record.task_id,
+                    retry.record.scheduled_for,
+                    RunState.SCHEDULED,
+                    attempt=retry.record.attempt + 1,
+                    manual=retry.record.manual,
+                )
+                self._add_pending(again, retry.due_at)
+            for task_id in {record.task_id for record in records}:
+                state = self._states.get(task_id)
+                if state is not None:
+                    self._settle(state)
+                    self._wake_waiting(task_id)
+
+    def set_paused(self, task_id: str, paused: bool) -> TaskState:
+        with self._lock:
+            state = self._states.get(task_id)
+            if state is None:
+                raise TaskNotFoundError(task_id)
+            state.paused = paused
+            self._push(state)
+            if not paused:
+                self._wake_waiting(task_id)
+            return replace(state)
+
+    def request_run(self, task_id: str, due_at: datetime, node: str) -> RunRecord:
+        with self._lock:
+            if task_id not in self._states:
+                raise TaskNotFoundError(task_id)
+            record = RunRecord(new_run_id(), task_id, due_at, RunState.SCHEDULED, node=node, manual=True)
+            self._add_pending(record, due_at)
+            return replace(record)
+
+    def interrupt_running(self, node: str | None, now: datetime, reason: str) -> list[RunRecord]:
+        with self._lock:
+            interrupted = []
+            for rows in self._active.values():
+                for record in list(rows.values()):
+                    if record.state is RunState.RUNNING and (node is None or record.node == node):
+                        del rows[record.run_id]
+                        final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
+                        self._record_final(final)
+                        interrupted.append(final)
+            return interrupted
+
+    # -- queries --------------------------------------------------------------------
+    def task_states(self) -> dict[str, TaskState]:
+        with self._lock:
+            return {task_id: replace(state) for task_id, state in self._states.items()}
+
+    def running(self) -> list[RunRecord]:
+        with self._lock:
+            return [replace(record) for rows in self._active.values() for record in rows.values()]
+
+    def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
+        with self._lock:
+            pools = [self._history.get(task_id, deque())] if task_id else list(self._history.values())
+            records = [r for pool in pools for r in pool if state is None or r.state is state]
+        records.sort(key=lambda r: (r.finished_at or r.scheduled_for, r.scheduled_for), reverse=True)
+        return records[:limit]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # -- internals (lock held) ------------------------------------------------------
+    def _record_final(self, record: RunRecord, retried: bool = False) -> None:
+        self._history.setdefault(record.task_id, deque(maxlen=self._max_history)).append(record)
+        state = self._states.get(record.task_id)
+        if state is not None:
+            state.count(record, retried)
+
+    def _add_pending(self, record: RunRecord, due_at: datetime) -> None:
+        self._active.setdefault(record.task_id, {})[record.run_id] = record
+        heapq.heappush(self._pending, (due_at, record.run_id, record.task_id))
+
+    def _wake_waiting(self, task_id: str) -> None:
+        """Make the SCHEDULED rows of ``task_id`` that waited due again."""
+        for entry in self._waiting.pop(task_id, []):
+            heapq.heappush(self._pending, entry)
+
+    def _settle(self, state: TaskState) -> None:
+        """Mark a task with no next fire and nothing pending finished; re-heap it."""
+        if state.next_run_at is None and not self._active.get(state.task_id):
+            state.finished = True
+        self._push(state)
+
+    def _push(self, state: TaskState) -> None:
+        version = self._versions.get(state.task_id, 0) + 1
+        self._versions[state.task_id] = version
+        if state.next_run_at is not None and not state.paused and not state.finished:
+            heapq.heappush(self._heap, (state.next_run_at, version, state.task_id))
+
+    def _next_due(self) -> datetime | None:
+        while self._heap and self._versions.get(self._heap[0][2]) != self._heap[0][1]:
+            heapq.heappop(self._heap)
+        candidates = [heap[0][0] for heap in (self._heap, self._pending) if heap]
+        return min(candidates) if candidates else None
+
+    def _running_count(self, task_id: str) -> int:
+        return sum(1 for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING)

@@ -1,0 +1,497 @@
+"""Tasks: what runs. `BaseTask` (subclass it), `FunctionTask`, `ScriptTask`.
+
+The legacy contract holds: ``execute()`` returns True for success and False for
+failure (setting ``self.last_error``), or raises. Only ``False`` or an exception is
+a failure; ``None`` and any other value count as success, so a plain function that
+returns nothing succeeds. ``execute`` may take one argument, a `TaskContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from task_scheduler.errors import TaskError
+from task_scheduler.stores.base import ConcurrencyPolicy
+
+__all__ = [
+    "BaseTask",
+    "Backoff",
+    "FunctionTask",
+    "RetryPolicy",
+    "ScriptTask",
+    "TaskContext",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_LIMIT = 64 * 1024
+
+
+class Backoff(Enum):
+    """How the delay between retries grows."""
+
+    FIXED = "fixed"
+    EXPONENTIAL = "exponential"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a failed attempt: ``max_retries`` more attempts, the n-th after
+    ``retry_delay`` (fixed) or ``retry_delay * 2**(n-1)`` (exponential) seconds,
+    capped at ``max_delay``. A retry is a timed occurrence, never a sleep in a worker."""
+
+    max_retries: int = 0
+    retry_delay: float = 5.0
+    backoff: Backoff = Backoff.FIXED
+    max_delay: float = 3600.0
+    retry_on_timeout: bool = True
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if self.backoff is Backoff.EXPONENTIAL:
+            return min(self.retry_delay * 2 ** (attempt - 1), self.max_delay)
+        return min(self.retry_delay, self.max_delay)
+
+
+@dataclass
+class TaskContext:
+    """One attempt's context, given to ``execute(context)``.
+
+    A function with a timeout should check ``context.cancelled`` (or wait on
+    ``context.cancel_event``): Python threads cannot be killed, so a function that
+    ignores it runs on, is reported overdue and keeps its worker busy.
+    """
+
+    task_id: str
+    run_id: str
+    scheduled_for: datetime
+    attempt: int
+    logger: logging.Logger
+    timeout: float | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None
+    # Filled in by the task for the run record:
+    exit_code: int | None = None
+    output: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+    _on_cancel: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def cancel(self, reason: str) -> None:
+        """Ask the attempt to stop (timeout, shutdown, replace); idempotent."""
+        with self._lock:
+            if self.cancel_event.is_set():
+                return
+            self.cancel_reason = reason
+            self.cancel_event.set()
+            callbacks = list(self._on_cancel)
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the attempt is cancelled (at once if it already is)."""
+        with self._lock:
+            if not self.cancel_event.is_set():
+                self._on_cancel.append(callback)
+                return
+        callback()
+
+
+def _parameters(func: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _accepts_argument(method: Callable[..., Any]) -> bool:
+    """Whether ``execute`` takes a context (legacy subclasses define ``execute(self)``)."""
+    parameters = list(_parameters(method).values())[1:]  # drop self
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+
+
+class BaseTask:
+    """A unit of work with its run options. Subclass it and implement `execute`.
+
+    ``timeout``/``max_retries``/``retry_delay``/``retry_backoff``/``misfire_grace_time``
+    /``coalesce``/``catch_up`` left at None take the scheduler's ``tasks`` defaults.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        name: str | None = None,
+        description: str = "",
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        retry_backoff: Backoff | str | None = None,
+        max_instances: int = 1,
+        concurrency_policy: ConcurrencyPolicy | str = ConcurrencyPolicy.FORBID,
+        misfire_grace_time: float | None = None,
+        coalesce: bool | None = None,
+        catch_up: bool | None = None,
+        max_runs: int | None = None,
+        tags: Sequence[str] = (),
+        enabled: bool = True,
+    ) -> None:
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise TaskError(f"task_id must be a non-empty string, got {task_id!r}")
+        self.task_id = task_id
+        self.name = name or task_id
+        self.description = description
+        self.timeout = _positive_or_none(task_id, "timeout", timeout)
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.retry_backoff = None if retry_backoff is None else Backoff(retry_backoff)
+        if not isinstance(max_instances, int) or max_instances < 1:
+            raise TaskError(f"task {task_id!r}: max_instances must be an integer >= 1, got {max_instances!r}")
+        self.max_instances = max_instances
+        self.concurrency_policy = ConcurrencyPolicy(concurrency_policy)
+        self.misfire_grace_time = misfire_grace_time
+        self.coalesce = coalesce
+        self.catch_up = catch_up
+        if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
+            raise TaskError(f"task {task_id!r}: max_runs must be an integer >= 1, got {max_runs!r}")
+        self.max_runs = max_runs
+        self.tags = tuple(tags)
+        self.enabled = enabled
+        self.last_error: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._takes_context = _accepts_argument(cls.execute)
+
+    _takes_context = True
+
+    def execute(self, context: TaskContext) -> bool:
+        """Do the work; return False (with ``self.last_error``) or raise to fail."""
+        raise NotImplementedError(f"{type(self).__name__}.execute")
+
+    def run(self, context: TaskContext) -> Any:
+        """Call `execute` with or without the context, as its signature asks."""
+        return self.execute(context) if self._takes_context else self.execute()  # type: ignore[call-arg]
+
+    def options(self) -> dict[str, Any]:
+        """The task's settings, for status output."""
+        return {
+            "task_id": self.task_id,
+            "name": self.name,
+            "description": self.description,
+            "type": type(self).__name__,
+            "timeout": self.timeout,
+            "max_instances": self.max_instances,
+            "tags": list(self.tags),
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.task_id!r}>"
+
+
+class FunctionTask(BaseTask):
+    """Calls ``func(*args, **kwargs)``; ``async def`` functions run in a fresh event
+    loop in the worker thread and are really cancelled at their timeout. A sync
+    function receives the `TaskContext` as keyword ``context`` if it has that parameter."""
+
+    def __init__(
+        self,
+        task_id: str,
+        name: str | None = None,
+        func: Callable[..., Any] | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        description: str = "",
+        **options: Any,
+    ) -> None:
+        super().__init__(task_id, name, description, **options)
+        if not callable(func):
+            raise TaskError(f"task {task_id!r}: func must be callable, got {func!r}")
+        self.func = func
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self._wants_context = "context" in _parameters(func)
+
+    def execute(self, context: TaskContext) -> Any:
+        kwargs = dict(self.kwargs)
+        if self._wants_context:
+            kwargs["context"] = context
+        if inspect.iscoroutinefunction(self.func):
+            return asyncio.run(self._run_async(context, kwargs))
+        return self.func(*self.args, **kwargs)
+
+    async def _run_async(self, context: TaskContext, kwargs: dict[str, Any]) -> Any:
+        try:
+            return await asyncio.wait_for(self.func(*self.args, **kwargs), context.timeout)
+        except TimeoutError:
+            context.timed_out = True
+            raise
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "func": getattr(self.func, "__qualname__", repr(self.func))}
+
+
+class ScriptTask(BaseTask):
+    """Runs a script or executable as a subprocess, never through a shell.
+
+    ``*.py`` scripts run with the service's own interpreter; anything else must be
+    executable. Relative paths are resolved against the scheduler's base directory.
+    The child gets its own process group: on timeout or cancel the whole group gets
+    SIGTERM, then SIGKILL after ``kill_grace`` seconds; when the script exits, what it
+    left running in its group is killed the same way (nothing leaks). stdout and
+    stderr are read continuously and only the last ``output_limit`` bytes of each
+    are kept. Exit code 0 is success.
+
+    ``inherit_env``: True passes the service's environment, False only ``PATH``,
+    ``HOME``, ``LANG`` and ``TZ``, a list passes the named variables. ``env`` is set
+    on top, followed by ``TASK_SCHEDULER_TASK_ID``/``_RUN_ID``/``_BASE_DIR``/``_DATA_DIR``.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        name: str | None = None,
+        script_path: str | os.PathLike[str] = "",
+        args: Sequence[str] = (),
+        working_dir: str | os.PathLike[str] | None = None,
+        timeout: float | None = 300,
+        env: Mapping[str, str] | None = None,
+        description: str = "",
+        *,
+        inherit_env: bool | Sequence[str] = True,
+        kill_grace: float = 5.0,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        **options: Any,
+    ) -> None:
+        super().__init__(task_id, name, description, timeout=timeout, **options)
+        if not script_path:
+            raise TaskError(f"task {task_id!r}: script_path is required")
+        self.script_path = Path(script_path)
+        self.args = [str(arg) for arg in args]
+        self.working_dir = Path(working_dir) if working_dir else None
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.inherit_env = inherit_env
+        self.kill_grace = kill_grace
+        self.output_limit = output_limit
+        self.base_dir = Path.cwd()
+        self.data_dir = Path.cwd() / "data"
+
+    def bind(self, base_dir: Path, data_dir: Path, allowed_dirs: Sequence[Path] | None) -> None:
+        """Resolve paths against ``base_dir`` and check the script: it must exist and,
+        symlinks followed, lie inside one of ``allowed_dirs`` (None allows any)."""
+        self.base_dir, self.data_dir = base_dir, data_dir
+        path = self.script_path if self.script_path.is_absolute() else base_dir / self.script_path
+        resolved = path.resolve()
+        if not resolved.is_file():
+            raise TaskError(f"task {self.task_id!r}: script not found: {path}")
+        if allowed_dirs is not None and not any(resolved.is_relative_to(d.resolve()) for d in allowed_dirs):
+            allowed = ", ".join(str(d) for d in allowed_dirs) or "(none)"
+            raise TaskError(
+                f"task {self.task_id!r}: script {resolved} is outside allowed_script_dirs ({allowed})"
+            )
+        if resolved.suffix != ".py" and not os.access(resolved, os.X_OK):
+            raise TaskError(f"task {self.task_id!r}: script {resolved} is not executable")
+        self.script_path = resolved
+        if self.working_dir is not None and not self.working_dir.is_absolute():
+            self.working_dir = base_dir / self.working_dir
+
+    def command(self) -> list[str]:
+        if self.script_path.suffix == ".py":
+            return [sys.executable, str(self.script_path), *self.args]
+        return [str(self.script_path), *self.args]
+
+    def environment(self, context: TaskContext) -> dict[str, str]:
+        if self.inherit_env is True:
+            env = dict(os.environ)
+        else:
+            names = ("PATH", "HOME", "LANG", "TZ") if self.inherit_env is False else self.inherit_env
+            env = {name: os.environ[name] for name in names if name in os.environ}
+        env.update(self.env)
+        env.update(
+            TASK_SCHEDULER_TASK_ID=self.task_id,
+            TASK_SCHEDULER_RUN_ID=context.run_id,
+            TASK_SCHEDULER_BASE_DIR=str(self.base_dir),
+            TASK_SCHEDULER_DATA_DIR=str(self.data_dir),
+        )
+        return env
+
+    def execute(self, context: TaskContext) -> bool:
+        process = subprocess.Popen(
+            self.command(),
+            cwd=self.working_dir or self.base_dir,
+            env=self.environment(context),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, killed as a whole
+        )
+        killer = _GroupKiller(process, self.kill_grace)
+        context.on_cancel(killer.start)
+        stdout, stderr = _read_until_exit(process, context.timeout, killer, self.output_limit)
+        if killer.started and not context.cancelled:
+            context.timed_out = True
+        killer.start()  # anything the script left behind in its group goes too
+        killer.wait()
+        context.exit_code = process.returncode
+        out, err = _decode(stdout), _decode(stderr)
+        context.output = "\n".join(part for part in (out, err and f"[stderr]\n{err}") if part) or None
+        if context.timed_out:
+            context.error = f"timed out after {context.timeout}s; process group killed"
+        elif process.returncode != 0:
+            tail = err.strip().splitlines()[-1] if err.strip() else ""
+            context.error = f"exit code {process.returncode}" + (f": {tail}" if tail else "")
+        return process.returncode == 0 and not context.timed_out
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "script_path": str(self.script_path), "args": self.args}
+
+
+class _GroupKiller:
+    """SIGTERM to a process group, then SIGKILL after a grace period, at most once."""
+
+    def __init__(self, process: subprocess.Popen[bytes], grace: float) -> None:
+        self.process = process
+        self.grace = grace
+        self.started = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.started:
+                return
+            self.started = True
+        if not _signal_group(self.process.pid, signal.SIGTERM):
+            return
+        self._thread = threading.Thread(target=self._escalate, name=f"kill-{self.process.pid}", daemon=True)
+        self._thread.start()
+
+    def _escalate(self) -> None:
+        try:
+            self.process.wait(self.grace)
+        except subprocess.TimeoutExpired:
+            pass
+        # The leader may be gone while others in its group ignore SIGTERM; SIGKILL
+        # the group after the grace period either way (a no-op when it is empty).
+        deadline = self.grace
+        while deadline > 0 and _group_alive(self.process.pid):
+            time.sleep(0.05)
+            deadline -= 0.05
+        _signal_group(self.process.pid, signal.SIGKILL)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self.process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _read_until_exit(
+    process: subprocess.Popen[bytes], timeout: float | None, killer: _GroupKiller, limit: int
+) -> tuple[bytearray, bytearray]:
+    """Read both pipes into bounded tails until the process exits and the pipes close.
+
+    Waits on a pidfd when the platform has one, so exit is seen at once even if a
+    grandchild keeps the pipes open; after exit, remaining output is drained briefly.
+    """
+    tails = {process.stdout: bytearray(), process.stderr: bytearray()}
+    selector = selectors.DefaultSelector()
+    for stream in tails:
+        assert stream is not None
+        os.set_blocking(stream.fileno(), False)
+        selector.register(stream, selectors.EVENT_READ)
+    pidfd = _pidfd(process.pid)
+    if pidfd is not None:
+        selector.register(pidfd, selectors.EVENT_READ)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    exited_at: float | None = None
+    try:
+        while len(selector.get_map()) > (1 if pidfd is not None else 0):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and not killer.started:
+                killer.start()
+            if process.poll() is not None and exited_at is None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > 0.5:
+                break  # a grandchild holds the pipes; the group is killed by the caller
+            wait = 0.5 if pidfd is not None else 0.05
+            if deadline is not None and not killer.started:
+                wait = max(0.0, min(wait, deadline - now))
+            for key, _ in selector.select(wait):
+                if key.fileobj == pidfd:  # the process exited
+                    selector.unregister(pidfd)
+                    os.close(pidfd)
+                    pidfd = None
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                tail = tails[key.fileobj]  # type: ignore[index]
+                tail += chunk
+                if len(tail) > limit:
+                    del tail[: len(tail) - limit]
+    finally:
+        selector.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        for stream in tails:
+            assert stream is not None
+            stream.close()
+    process.wait()
+    out, err = tails.values()
+    return out, err
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _decode(data: bytearray) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _positive_or_none(task_id: str, name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise TaskError(f"task {task_id!r}: {name} must be a positive number of seconds, got {value!r}")
+    return float(value)
