@@ -1,0 +1,330 @@
+"""Schedule rules: exact next-fire math, checked against a brute-force reference."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from task_scheduler import CronRule, IntervalRule, OnceRule, ScheduleError, ScheduleRule, ScheduleType
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def fires(rule: ScheduleRule, after: datetime, count: int) -> list[datetime]:
+    result = []
+    for _ in range(count):
+        after = rule.next_fire_time(after)
+        assert after is not None
+        result.append(after)
+    return result
+
+
+def fires_until(rule: ScheduleRule, start: datetime, end: datetime) -> list[datetime]:
+    result, moment = [], start
+    while True:
+        moment = rule.next_fire_time(moment)
+        if moment is None or moment > end:
+            return result
+        result.append(moment)
+
+
+# -- an independent reference: parse fields by hand and walk every minute -------------
+
+_NAMES = {
+    **{name.lower(): i for i, name in enumerate(calendar.month_abbr) if name},
+    **{name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
+}
+
+
+def _field(text: str, low: int, high: int) -> set[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        body, _, step = part.partition("/")
+        if body == "*":
+            first, last = low, high
+        elif "-" in body:
+            a, b = body.split("-")
+            first, last = int(_NAMES.get(a, a)), int(_NAMES.get(b, b))
+        else:
+            first = int(_NAMES.get(body, body))
+            last = high if step else first
+        values.update(range(first, last + 1, int(step or 1)))
+    return values
+
+
+def reference_fires(expression: str, zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    minute, hour, day, month, weekday = expression.split()
+    sets = (_field(minute, 0, 59), _field(hour, 0, 23), _field(day, 1, 31), _field(month, 1, 12))
+    weekdays = {w % 7 for w in _field(weekday, 0, 7)}
+    star = day.startswith("*") or weekday.startswith("*")
+
+    def matches(wall: datetime) -> bool:
+        day_hit = wall.day in sets[2]
+        weekday_hit = (wall.weekday() + 1) % 7 in weekdays
+        return (
+            wall.minute in sets[0]
+            and wall.hour in sets[1]
+            and wall.month in sets[3]
+            and ((day_hit and weekday_hit) if star else (day_hit or weekday_hit))
+        )
+
+    result: list[datetime] = []
+    moment = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    previous_wall = (moment - timedelta(minutes=1)).astimezone(zone).replace(tzinfo=None)
+    while moment <= end:
+        local = moment.astimezone(zone)
+        wall = local.replace(tzinfo=None)
+        fire = False
+        repeated = local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset()
+        if matches(wall) and (hour == "*" or not (repeated and local.fold == 1)):
+            fire = True
+        if hour != "*" and wall - previous_wall > timedelta(minutes=1):  # a DST gap was skipped
+            skipped = previous_wall + timedelta(minutes=1)
+            while skipped < wall:
+                fire = fire or matches(skipped)
+                skipped += timedelta(minutes=1)
+        if fire:
+            result.append(moment)
+        previous_wall = wall
+        moment += timedelta(minutes=1)
+    return result
+
+
+REFERENCE_EXPRESSIONS = [
+    "*/15 * * * *",
+    "30 2 * * *",
+    "0 2 * * *",
+    "15 1-3 * * *",
+    "0 */2 * * *",
+    "0 3 * * 0",
+    "0 0 * * 7",
+    "45 2 * * 1-5",
+    "*/20 9-17 * * mon-fri",
+    "0 12 1,15 * fri",
+    "0 0 29 2 *",
+    "59 23 28-31 * *",
+    "0 0 */2 * *",
+]
+REFERENCE_WINDOWS = [
+    (BERLIN, utc(2024, 3, 28), utc(2024, 4, 2)),  # spring forward 2024-03-31 02:00 -> 03:00
+    (BERLIN, utc(2024, 10, 24), utc(2024, 10, 29)),  # fall back 2024-10-27 03:00 -> 02:00
+    (NEW_YORK, utc(2024, 3, 8), utc(2024, 3, 12)),  # spring forward 2024-03-10
+    (NEW_YORK, utc(2024, 11, 1), utc(2024, 11, 5)),  # fall back 2024-11-03
+    (ZoneInfo("UTC"), utc(2024, 2, 26), utc(2024, 3, 3)),  # leap day and a month end
+]
+
+
+@pytest.mark.parametrize("expression", REFERENCE_EXPRESSIONS)
+def test_cron_matches_brute_force_reference(expression: str) -> None:
+    for zone, start, end in REFERENCE_WINDOWS:
+        rule = CronRule(cron=expression, timezone=zone)
+        assert fires_until(rule, start, end) == reference_fires(expression, zone, start, end), (expression, zone)
+
+
+# -- fixed dates --------------------------------------------------------------------
+
+
+def test_month_ends_and_last_day() -> None:
+    rule = CronRule(cron="0 0 31 * *", timezone="UTC")
+    assert fires(rule, utc(2024, 1, 31, 12), 3) == [utc(2024, 3, 31), utc(2024, 5, 31), utc(2024, 7, 31)]
+    last = CronRule(cron="0 18 L * *", timezone="UTC")
+    assert fires(last, utc(2024, 1, 1), 3) == [utc(2024, 1, 31, 18), utc(2024, 2, 29, 18), utc(2024, 3, 31, 18)]
+
+
+def test_leap_day_only_in_leap_years() -> None:
+    rule = CronRule(cron="0 0 29 2 *", timezone="UTC")
+    assert fires(rule, utc(2024, 3, 1), 2) == [utc(2028, 2, 29), utc(2032, 2, 29)]
+
+
+def test_sunday_is_zero_and_seven() -> None:
+    zero = CronRule(cron="0 9 * * 0", timezone="UTC")
+    seven = CronRule(cron="0 9 * * 7", timezone="UTC")
+    named = CronRule(cron="0 9 * * sun", timezone="UTC")
+    expected = [utc(2024, 6, 2, 9), utc(2024, 6, 9, 9)]  # Sundays
+    assert fires(zero, utc(2024, 6, 1), 2) == fires(seven, utc(2024, 6, 1), 2) == fires(named, utc(2024, 6, 1), 2) == expected
+
+
+def test_day_and_weekday_both_restricted_means_either() -> None:
+    rule = CronRule(cron="0 0 13 * fri", timezone="UTC")  # every 13th and every Friday
+    assert fires(rule, utc(2024, 9, 1), 4) == [utc(2024, 9, 6), utc(2024, 9, 13), utc(2024, 9, 20), utc(2024, 9, 27)]
+
+
+def test_six_fields_have_seconds_first() -> None:
+    rule = CronRule(cron="*/5 * * * * *", timezone="UTC")
+    assert fires(rule, utc(2024, 1, 1, 0, 0, 58), 3) == [utc(2024, 1, 1, 0, 1, 0), utc(2024, 1, 1, 0, 1, 5), utc(2024, 1, 1, 0, 1, 10)]
+
+
+def test_keyword_fields_default_lower_fields_to_minimum() -> None:
+    rule = ScheduleRule(ScheduleType.CRON, hour=2, minute=30, day_of_week="mon-fri", timezone="UTC")
+    assert rule.fields == ("0", "30", "2", "*", "*", "mon-fri")
+    assert fires(rule, utc(2024, 6, 7, 3), 2) == [utc(2024, 6, 10, 2, 30), utc(2024, 6, 11, 2, 30)]  # Fri -> Mon
+    assert CronRule(hour=2).expression == "0 0 2 * * *"
+    assert CronRule(minute="*/10").expression == "0 */10 * * * *"
+
+
+def test_aliases_and_from_crontab() -> None:
+    assert CronRule.from_crontab("@daily", timezone="UTC").next_fire_time(utc(2024, 1, 1, 5)) == utc(2024, 1, 2)
+    assert CronRule.from_crontab("@hourly", timezone="UTC").next_fire_time(utc(2024, 1, 1, 5, 1)) == utc(2024, 1, 1, 6)
+
+
+def test_first_fire_includes_now_when_it_matches() -> None:
+    rule = CronRule(cron="0 12 * * *", timezone="UTC")
+    assert rule.first_fire_time(utc(2024, 1, 1, 12)) == utc(2024, 1, 1, 12)
+    assert rule.first_fire_time(utc(2024, 1, 1, 12, 0, 0) + timedelta(microseconds=1)) == utc(2024, 1, 2, 12)
+
+
+# -- DST ------------------------------------------------------------------------------
+
+
+def test_daily_job_in_spring_gap_runs_once_right_after_the_gap() -> None:
+    rule = CronRule(cron="30 2 * * *", timezone=BERLIN)
+    local = [t.astimezone(BERLIN).strftime("%m-%d %H:%M %Z") for t in fires(rule, utc(2024, 3, 29, 12), 3)]
+    assert local == ["03-30 02:30 CET", "03-31 03:00 CEST", "04-01 02:30 CEST"]
+
+
+def test_daily_job_in_repeated_hour_runs_once() -> None:
+    rule = CronRule(cron="30 1 * * *", timezone=NEW_YORK)
+    moments = fires_until(rule, utc(2024, 11, 2), utc(2024, 11, 5))
+    assert [t.astimezone(NEW_YORK).strftime("%m-%d %H:%M %Z") for t in moments] == [
+        "11-02 01:30 EDT",
+        "11-03 01:30 EDT",
+        "11-04 01:30 EST",
+    ]
+
+
+def test_wildcard_hour_job_runs_in_both_passes_of_the_repeated_hour() -> None:
+    rule = CronRule(cron="*/30 * * * *", timezone=BERLIN)
+    moments = fires_until(rule, utc(2024, 10, 26, 23, 45), utc(2024, 10, 27, 2, 10))
+    assert [t.astimezone(BERLIN).strftime("%H:%M %Z") for t in moments] == [
+        "02:00 CEST", "02:30 CEST", "02:00 CET", "02:30 CET", "03:00 CET",
+    ]
+
+
+def test_wildcard_hour_job_skips_the_missing_hour() -> None:
+    rule = CronRule(cron="0 * * * *", timezone=BERLIN)
+    moments = fires_until(rule, utc(2024, 3, 30, 23, 30), utc(2024, 3, 31, 2, 30))
+    assert [t.astimezone(BERLIN).strftime("%H:%M") for t in moments] == ["01:00", "03:00", "04:00"]
+
+
+def test_one_fire_per_local_day_across_a_dst_year() -> None:
+    rule = CronRule(cron="30 2 * * *", timezone=BERLIN)
+    moments = fires_until(rule, utc(2024, 1, 1), utc(2025, 1, 1))
+    days = [t.astimezone(BERLIN).date() for t in moments]
+    assert len(days) == len(set(days)) == 366
+
+
+def test_interval_is_real_elapsed_time_across_dst() -> None:
+    rule = IntervalRule(hours=1, start=datetime(2024, 3, 31, 0, 0), timezone=BERLIN)
+    moments = fires_until(rule, utc(2024, 3, 30, 22), utc(2024, 3, 31, 22))
+    assert len(moments) == 24  # a 23-hour local day still gets a fire every real hour
+    assert all(b - a == timedelta(hours=1) for a, b in zip(moments, moments[1:], strict=False))
+
+
+# -- interval and once ----------------------------------------------------------------
+
+
+def test_interval_does_not_drift() -> None:
+    rule = IntervalRule(seconds=30)
+    first = rule.first_fire_time(utc(2024, 1, 1, 0, 0, 0, ) + timedelta(milliseconds=123))
+    later = fires(rule, first, 1000)[-1]
+    assert later - first == timedelta(seconds=30 * 1000)
+
+
+def test_interval_with_start_stays_on_grid_and_stops_at_end() -> None:
+    rule = IntervalRule(minutes=10, start=utc(2024, 1, 1, 0, 5), end=utc(2024, 1, 1, 0, 40))
+    assert rule.first_fire_time(utc(2024, 1, 1, 0, 17)) == utc(2024, 1, 1, 0, 25)
+    assert fires_until(rule, utc(2024, 1, 1), utc(2024, 1, 2)) == [
+        utc(2024, 1, 1, 0, 5), utc(2024, 1, 1, 0, 15), utc(2024, 1, 1, 0, 25), utc(2024, 1, 1, 0, 35),
+    ]
+
+
+def test_once_fires_once_and_naive_time_is_read_in_the_rule_zone() -> None:
+    rule = ScheduleRule(ScheduleType.ONCE, run_at=datetime(2024, 7, 1, 12, 0), timezone=BERLIN)
+    assert rule.first_fire_time(utc(2024, 1, 1)) == utc(2024, 7, 1, 10)
+    assert rule.next_fire_time(utc(2024, 7, 1, 10)) is None
+    bound = OnceRule(run_at=datetime(2024, 7, 1, 12, 0)).with_timezone(NEW_YORK)
+    assert bound.first_fire_time(utc(2024, 1, 1)) == utc(2024, 7, 1, 16)
+
+
+def test_from_dict_round_trips() -> None:
+    for data in (
+        {"interval": {"seconds": 90}},
+        {"cron": "*/5 * * * * *", "timezone": "Europe/Berlin"},
+        {"once": "2030-01-01T00:00:00+00:00"},
+    ):
+        rule = ScheduleRule.from_dict(data)
+        assert ScheduleRule.from_dict(rule.to_dict()) == rule
+
+
+def test_jitter_is_deterministic_and_bounded() -> None:
+    rule = IntervalRule(seconds=60, jitter=10)
+    offsets = {rule.jitter_offset("a", utc(2024, 1, 1, 0, i)) for i in range(50)}
+    assert all(timedelta(0) <= o < timedelta(seconds=10) for o in offsets) and len(offsets) > 10
+    assert rule.jitter_offset("a", utc(2024, 1, 1)) == rule.jitter_offset("a", utc(2024, 1, 1))
+
+
+# -- invalid input names the culprit ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("61 * * * *", "cron field 'minute' has invalid value '61'"),
+        ("* 25 * * *", "cron field 'hour' has invalid value '25'"),
+        ("* * 32 * *", "cron field 'day' has invalid value '32'"),
+        ("* * * 13 *", "cron field 'month' has invalid value '13'"),
+        ("* * * * funday", "cron field 'day_of_week' has invalid value 'funday'"),
+        ("99 * * * * *", "cron field 'second' has invalid value '99'"),
+        ("* * *", "has 3 fields"),
+        ("0 0 30 2 *", "never fires"),
+    ],
+)
+def test_invalid_cron_names_field_and_value(expression: str, fragment: str) -> None:
+    with pytest.raises(ScheduleError, ) as caught:
+        CronRule(cron=expression)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"seconds": 0}, "longer than 0"),
+        ({"seconds": -5}, "interval seconds must be a number >= 0"),
+        ({"minutes": "5"}, "interval minutes must be a number"),
+    ],
+)
+def test_invalid_interval(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ScheduleError, match=fragment):
+        ScheduleRule(ScheduleType.INTERVAL, **kwargs)
+
+
+def test_invalid_rule_inputs() -> None:
+    with pytest.raises(ScheduleError, match="unknown time zone 'Mars/Olympus'"):
+        CronRule(cron="* * * * *", timezone="Mars/Olympus")
+    with pytest.raises(ScheduleError, match="run_at is required"):
+        ScheduleRule(ScheduleType.ONCE)
+    with pytest.raises(ScheduleError, match="unknown schedule type"):
+        ScheduleRule("weekly")
+    with pytest.raises(ScheduleError, match="exactly one of"):
+        ScheduleRule.from_dict({"cron": "* * * * *", "interval": 5})
+    with pytest.raises(ScheduleError, match="end .* is before start"):
+        IntervalRule(seconds=1, start=utc(2024, 2, 1), end=utc(2024, 1, 1))
+
+
+def test_fixed_time_seen_from_inside_the_second_pass_waits_for_the_next_day() -> None:
+    rule = CronRule(cron="30 2 * * *", timezone=BERLIN)
+    after = utc(2024, 10, 27, 1, 0)  # 02:00 CET, the second pass of 02:00-03:00
+    assert rule.next_fire_time(after) == utc(2024, 10, 28, 1, 30)
+    for start in (utc(2024, 10, 26, 23, 59), utc(2024, 10, 27, 0, 45), utc(2024, 10, 27, 1, 15)):
+        for window_zone, window_start, window_end in [(BERLIN, start, utc(2024, 10, 28, 3))]:
+            assert fires_until(CronRule(cron="*/15 2 * * *", timezone=window_zone), window_start, window_end) == (
+                reference_fires("*/15 2 * * *", window_zone, window_start, window_end)
+            )
