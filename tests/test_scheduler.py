@@ -1,0 +1,299 @@
+"""The scheduler driven by an injected clock: run_due(now) steps, no sleeps."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from task_scheduler import (
+    BaseTask,
+    CronRule,
+    EventType,
+    FunctionTask,
+    IntervalRule,
+    ManualClock,
+    OnceRule,
+    RunState,
+    ScheduleRule,
+    ScheduleType,
+    SchedulerConfig,
+    ScriptTask,
+    TaskContext,
+    TaskError,
+    TaskNotFoundError,
+    TaskScheduler,
+)
+from tests.conftest import write_script
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def step(scheduler: TaskScheduler, clock: ManualClock, seconds: float) -> float:
+    clock.advance(seconds)
+    delay = scheduler.run_due()
+    assert scheduler.wait_for_runs(10)
+    return delay
+
+
+class Recorder:
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, datetime]] = []
+        self.lock = threading.Lock()
+
+    def task(self, task_id: str, **options: Any) -> FunctionTask:
+        def work(context: TaskContext) -> None:
+            with self.lock:
+                self.calls.append((task_id, context.scheduled_for))
+
+        return FunctionTask(task_id, task_id, work, **options)
+
+
+def test_fires_in_due_order_and_sleeps_until_the_next_due_time(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("slow"), IntervalRule(seconds=0.5))
+    scheduler.add_task(recorder.task("once"), OnceRule(run_at=T0 + timedelta(seconds=0.2)))
+    assert scheduler.run_due() == pytest.approx(0.2)  # wakes at the earliest due time
+    step(scheduler, clock, 0.2)
+    step(scheduler, clock, 0.3)
+    assert [c[0] for c in recorder.calls] == ["once", "slow"]
+    clock.advance(0.5)
+    assert scheduler.run_due() <= 1.0  # never longer than check_interval
+
+
+def test_interval_drift_does_not_accumulate(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("tick"), IntervalRule(seconds=10))
+    for _ in range(50):
+        step(scheduler, clock, 10.37)  # the loop always wakes late
+    scheduled = [when for _, when in recorder.calls]
+    assert scheduled[0] == T0 + timedelta(seconds=10)
+    assert all((when - T0).total_seconds() % 10 == 0 for when in scheduled)  # still on the 10 s grid
+    coalesced = scheduler.store.history("tick", state=RunState.MISSED)
+    assert len(scheduled) + len(coalesced) == 51  # every occurrence in 518.5 s accounted for
+
+
+def test_once_fires_once_and_finishes(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("once"), ScheduleRule(ScheduleType.ONCE, run_at=T0 + timedelta(seconds=5)))
+    for _ in range(5):
+        step(scheduler, clock, 3)
+    assert len(recorder.calls) == 1
+    status = scheduler.get_task_status("once")
+    assert status["status"] == "finished" and status["next_run_time"] is None and status["run_count"] == 1
+
+
+def test_stats_are_right(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    outcomes = iter([True, False, True, True])
+
+    class Flaky(BaseTask):
+        def execute(self) -> bool:  # type: ignore[override]
+            ok = next(outcomes)
+            if not ok:
+                self.last_error = "checksum mismatch"
+            return ok
+
+    scheduler.add_task(Flaky("flaky", "Flaky", max_retries=0), IntervalRule(seconds=1))
+    for _ in range(2):
+        step(scheduler, clock, 1)
+    status = scheduler.get_task_status("flaky")
+    assert (status["run_count"], status["success_count"], status["failure_count"]) == (2, 1, 1)
+    assert status["last_error"] == "checksum mismatch" and status["success_rate"] == 50.0
+    for _ in range(2):
+        step(scheduler, clock, 1)
+    status = scheduler.get_task_status("flaky")
+    assert (status["run_count"], status["success_rate"], status["last_error"]) == (4, 75.0, None)
+    assert status["last_run_time"] == (T0 + timedelta(seconds=4)).isoformat()
+    assert status["next_run_time"] == (T0 + timedelta(seconds=5)).isoformat()
+    totals = scheduler.get_task_status()
+    assert totals["total_tasks"] == 1 and totals["total_runs"] == 4 and totals["failed_runs"] == 1
+    assert totals["tasks"]["flaky"]["run_count"] == 4 and "rss_bytes" in totals["process"]
+
+
+def test_a_task_that_raises_or_returns_garbage_does_not_disturb_others(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(FunctionTask("boom", "boom", lambda: 1 / 0), IntervalRule(seconds=1))
+    scheduler.add_task(FunctionTask("junk", "junk", lambda: object()), IntervalRule(seconds=1))
+    scheduler.add_task(recorder.task("good"), IntervalRule(seconds=1))
+    for _ in range(3):
+        step(scheduler, clock, 1)
+    assert len(recorder.calls) == 3
+    assert scheduler.get_task_status("boom")["failure_count"] == 3
+    assert scheduler.get_task_status("boom")["last_error"] == "ZeroDivisionError: division by zero"
+    assert scheduler.get_task_status("junk")["success_count"] == 3
+
+
+def test_misfire_past_grace_is_missed_within_grace_runs_late(config: SchedulerConfig, clock: ManualClock) -> None:
+    config.scheduler.misfire_grace_time = 30
+    scheduler = TaskScheduler(config, clock=clock)
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("late"), OnceRule(run_at=T0 + timedelta(seconds=10)))
+    scheduler.add_task(recorder.task("lost"), OnceRule(run_at=T0 - timedelta(seconds=60)))
+    step(scheduler, clock, 25)  # 15 s late: within grace
+    assert [c[0] for c in recorder.calls] == ["late"]
+    [missed] = scheduler.store.history("lost")
+    assert missed.state is RunState.MISSED and "misfire_grace_time=30" in (missed.error or "")
+    scheduler.stop()
+
+
+def test_coalesce_collapses_missed_occurrences_into_one_run(config: SchedulerConfig, clock: ManualClock) -> None:
+    config.scheduler.misfire_grace_time = None
+    scheduler = TaskScheduler(config, clock=clock)
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("tick"), IntervalRule(seconds=10))
+    step(scheduler, clock, 55)  # five occurrences due at once
+    assert recorder.calls == [("tick", T0 + timedelta(seconds=50))]
+    missed = scheduler.store.history("tick", state=RunState.MISSED)
+    assert len(missed) == 4 and all("coalesced" in (m.error or "") for m in missed)
+    assert scheduler.get_task_status("tick")["next_run_time"] == (T0 + timedelta(seconds=60)).isoformat()
+    scheduler.stop()
+
+
+def test_without_coalesce_every_occurrence_runs(config: SchedulerConfig, clock: ManualClock) -> None:
+    config.scheduler.misfire_grace_time = None
+    config.scheduler.coalesce = False
+    scheduler = TaskScheduler(config, clock=clock)
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("tick", max_instances=10), IntervalRule(seconds=10))
+    clock.advance(35)
+    for _ in range(4):
+        scheduler.run_due()
+        scheduler.wait_for_runs(5)
+    assert sorted(when for _, when in recorder.calls) == [T0 + timedelta(seconds=s) for s in (10, 20, 30)]
+    scheduler.stop()
+
+
+def test_max_instances_skips_and_records(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    release = threading.Event()
+    events: list[EventType] = []
+    scheduler.add_listener(lambda event: events.append(event.type), EventType.MAX_INSTANCES)
+    scheduler.add_task(FunctionTask("busy", "busy", lambda: release.wait(10)), IntervalRule(seconds=1))
+    clock.advance(1)
+    scheduler.run_due()
+    clock.advance(1)
+    scheduler.run_due()  # the first run still holds the only instance
+    release.set()
+    assert scheduler.wait_for_runs(10)
+    [skipped] = scheduler.store.history("busy", state=RunState.SKIPPED)
+    assert "max_instances=1" in (skipped.error or "") and events == [EventType.MAX_INSTANCES]
+    assert scheduler.get_task_status("busy")["skipped_count"] == 1
+
+
+def test_retry_is_a_timed_occurrence_with_backoff(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    attempts: list[int] = []
+
+    def flaky(context: TaskContext) -> bool:
+        attempts.append(context.attempt)
+        return context.attempt >= 3
+
+    scheduler.add_task(
+        FunctionTask("flaky", "flaky", flaky, max_retries=3, retry_delay=10, retry_backoff="exponential"),
+        OnceRule(run_at=T0 + timedelta(seconds=1)),
+    )
+    step(scheduler, clock, 1)
+    assert attempts == [1]
+    step(scheduler, clock, 9)
+    assert attempts == [1]  # no retry before its time, and no worker slept
+    step(scheduler, clock, 1)
+    assert attempts == [1, 2]
+    step(scheduler, clock, 19)
+    assert attempts == [1, 2]
+    step(scheduler, clock, 1)  # second retry after 2 * 10 s
+    assert attempts == [1, 2, 3]
+    status = scheduler.get_task_status("flaky")
+    assert (status["run_count"], status["success_count"], status["retry_count"]) == (1, 1, 2)
+    assert status["status"] == "finished"
+
+
+def test_function_timeout_sets_cancel_and_records_timed_out(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    def cooperative(context: TaskContext) -> None:
+        context.cancel_event.wait(30)
+
+    scheduler.add_task(FunctionTask("slow", "slow", cooperative, timeout=5, max_retries=0), OnceRule(run_at=T0))
+    scheduler.run_due()
+    clock.advance(6)
+    scheduler.run_due()  # past the deadline: the loop cancels it
+    assert scheduler.wait_for_runs(10)
+    [record] = scheduler.store.history("slow")
+    assert record.state is RunState.TIMED_OUT
+
+
+def test_pause_resume_run_now_remove(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("job"), IntervalRule(seconds=10))
+    scheduler.pause_task("job")
+    step(scheduler, clock, 10)
+    assert recorder.calls == [] and scheduler.get_task_status("job")["status"] == "paused"
+    scheduler.resume_task("job")
+    step(scheduler, clock, 0)
+    assert len(recorder.calls) == 1  # the occurrence missed while paused, within grace
+    scheduler.run_now("job")
+    step(scheduler, clock, 0)
+    assert len(recorder.calls) == 2
+    scheduler.remove_task("job")
+    step(scheduler, clock, 30)
+    assert len(recorder.calls) == 2
+    with pytest.raises(TaskNotFoundError):
+        scheduler.get_task_status("job")
+
+
+def test_bad_additions_are_rejected_and_change_nothing(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("job"), IntervalRule(seconds=1))
+    with pytest.raises(TaskError, match="'job' is already registered"):
+        scheduler.add_task(recorder.task("job"), IntervalRule(seconds=5))
+    with pytest.raises(TaskError, match="script not found"):
+        scheduler.add_task(ScriptTask("ghost", "ghost", "scripts/ghost.py"), IntervalRule(seconds=1))
+    with pytest.raises(TaskError, match="expected a ScheduleRule"):
+        scheduler.add_task(recorder.task("x"), "every minute")  # type: ignore[arg-type]
+    with pytest.raises(TaskNotFoundError, match="no task with id 'nope'"):
+        scheduler.pause_task("nope")
+    step(scheduler, clock, 1)
+    assert [t.task_id for t in scheduler.get_tasks()] == ["job"] and len(recorder.calls) == 1
+
+
+def test_a_raising_listener_is_isolated(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    seen: list[str] = []
+
+    def bad(event: object) -> None:
+        raise RuntimeError("listener bug")
+
+    scheduler.add_listener(bad)
+    scheduler.add_listener(lambda event: seen.append(event.type.name))
+    scheduler.add_task(FunctionTask("job", "job", lambda: None), IntervalRule(seconds=1))
+    step(scheduler, clock, 1)
+    step(scheduler, clock, 1)
+    assert seen.count("EXECUTED") == 2 and seen.count("SUBMITTED") == 2
+
+
+def test_script_task_through_the_scheduler(scheduler: TaskScheduler, clock: ManualClock, base_dir: Any) -> None:
+    write_script(base_dir, "count.py", "import os\nopen(os.environ['TASK_SCHEDULER_DATA_DIR'] + '/n', 'a').write('x')\n")
+    (base_dir / "data").mkdir()
+    scheduler.add_task(ScriptTask("count", "count", "scripts/count.py"), CronRule(cron="* * * * * *"))
+    for _ in range(3):
+        step(scheduler, clock, 1)
+    assert (base_dir / "data" / "n").read_text() == "xxx"
+
+
+def test_disabled_task_is_registered_paused(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    recorder = Recorder(clock)
+    scheduler.add_task(recorder.task("off", enabled=False), IntervalRule(seconds=1))
+    step(scheduler, clock, 2)
+    assert recorder.calls == [] and scheduler.get_task_status("off")["paused"] is True
+
+
+def test_background_loop_runs_and_stops(config: SchedulerConfig) -> None:
+    """The one real-time test: the loop thread fires a job and stops cleanly."""
+    done = threading.Event()
+    scheduler = TaskScheduler(config)
+    scheduler.add_task(FunctionTask("now", "now", done.set), OnceRule(run_at=datetime.now(UTC)))
+    scheduler.start()
+    try:
+        assert done.wait(10)
+    finally:
+        scheduler.stop(wait=True, timeout=5)
+    assert not scheduler.running
+    scheduler.stop()  # idempotent
