@@ -1,0 +1,122 @@
+"""The service as an operator runs it: a subprocess, real time, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def start_service(base_dir: Path, config: dict[str, object], *extra: str) -> subprocess.Popen[str]:
+    path = base_dir / "service.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TASK_SCHEDULER_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "task_scheduler", *extra, "--config", str(path)],
+        cwd=base_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path) -> None:
+    (base_dir / "scripts" / "tick.py").write_text(
+        "import os, time\nopen(os.path.join(os.environ['TASK_SCHEDULER_DATA_DIR'], 'ticks'), 'a').write(f'{time.time()}\\n')\nprint('tick done')\n"
+    )
+    (base_dir / "scripts" / "fail.py").write_text("import sys\nprint('failing on purpose', file=sys.stderr)\nsys.exit(7)\n")
+    (base_dir / "data").mkdir()
+    config = {
+        "scheduler": {"check_interval": 0.5, "timezone": "UTC"},
+        "logging": {"format": "text"},
+        "tasks": {"max_retries": 0},
+        "jobs": [
+            {"id": "tick", "script_path": "scripts/tick.py", "schedule": {"interval": {"seconds": 1}}},
+            {"id": "fail", "script_path": "scripts/fail.py", "schedule": {"interval": {"seconds": 1}}},
+        ],
+    }
+    process = start_service(base_dir, config, "run")
+    ticks = base_dir / "data" / "ticks"
+    try:
+        assert wait_for(lambda: ticks.exists() and len(ticks.read_text().splitlines()) >= 3), "the 1 s job did not run 3 times"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    log = (base_dir / "logs" / "scheduler.log").read_text()
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - task_scheduler\.\w+ - INFO - \w+:\d+ - ", log, re.M)
+    assert "task tick succeeded" in log
+    assert re.search(r"task fail failed in [\d.]+s: exit code 7: failing on purpose", log)
+    assert "received stop signal; shutting down" in log and "scheduler stopped" in log
+    assert log.count("task tick succeeded") >= 3
+
+
+def test_sigterm_interrupts_a_long_script_within_shutdown_timeout(base_dir: Path) -> None:
+    (base_dir / "scripts" / "long.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    config = {
+        "scheduler": {"check_interval": 0.5, "shutdown_timeout": 1},
+        "tasks": {"kill_grace": 1},
+        "jobs": [{"id": "long", "script_path": "scripts/long.py", "schedule": {"once": "2000-01-01T00:00:00+00:00"},
+                  "misfire_grace_time": 10**9}],
+    }
+    process = start_service(base_dir, config)
+    log_path = base_dir / "logs" / "scheduler.log"
+    try:
+        assert wait_for(lambda: log_path.exists() and "starting task long" in log_path.read_text())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "task long interrupted in" in log_path.read_text()
+
+
+def test_bad_config_exits_2_with_the_message(base_dir: Path) -> None:
+    config = {"jobs": [{"id": "bad", "script_path": "scripts/x.py", "schedule": {"cron": "*/5 * * *"}}]}
+    process = start_service(base_dir, config)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "service.json: jobs[0] (id 'bad').schedule: cron expression '*/5 * * *' has 4 fields" in stderr
+
+
+def test_shipped_config_starts_from_the_checkout(tmp_path: Path) -> None:
+    """The README's run command: the predefined jobs start from a copy of the checkout."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("scheduler_config.json",):
+        (checkout / name).write_text((ROOT / name).read_text())
+    (checkout / "scripts").mkdir()
+    for script in (ROOT / "scripts").glob("*.py"):
+        (checkout / "scripts" / script.name).write_text(script.read_text())
+    env = {**os.environ, "TASK_SCHEDULER__SCHEDULER__CHECK_INTERVAL": "0.5"}
+    env.pop("TASK_SCHEDULER_CONFIG", None)
+    process = subprocess.Popen([sys.executable, "-m", "task_scheduler"], cwd=checkout, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = checkout / "logs" / "scheduler.log"
+    try:
+        assert wait_for(lambda: log_path.exists() and "scheduler started: 4 task(s)" in log_path.read_text())
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
