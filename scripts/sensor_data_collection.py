@@ -60,7 +60,9 @@ def main() -> int:
     with target.open("a", encoding="utf-8") as stream:
         stream.write(json.dumps(reading) + "\n")
     found = [k for k in ("temperatures", "fans", "battery") if reading.get(k)]
-    print(f"sample written to {target.name}: cpu {reading['cpu_percent']}%, extra sensors: {', '.join(found) or 'none'}")
+    print(
+        f"sample written to {target.name}: cpu {reading['cpu_percent']}%, extra sensors: {', '.join(found) or 'none'}"
+    )
     return 0
 
 

@@ -3,23 +3,11 @@ schedules, durable state, retries, timeouts and a CLI."""
 
 from __future__ import annotations
 
-# Scheduling rules
-from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, ScheduleType
-
-# Tasks
-from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, RetryPolicy, ScriptTask, TaskContext
-
 # The scheduler, its clock and its events
 from task_scheduler.clock import ManualClock, SystemClock
-from task_scheduler.events import EventType, SchedulerEvent
-from task_scheduler.scheduler import TaskScheduler
 
 # Configuration
 from task_scheduler.config import SchedulerConfig, load_config
-
-# State: stores and the records they keep
-from task_scheduler.stores import MemoryStore, Store
-from task_scheduler.stores.base import ConcurrencyPolicy, RunRecord, RunState, TaskState
 
 # Errors
 from task_scheduler.errors import (
@@ -30,6 +18,18 @@ from task_scheduler.errors import (
     TaskNotFoundError,
     TaskSchedulerError,
 )
+from task_scheduler.events import EventType, SchedulerEvent
+from task_scheduler.scheduler import TaskScheduler
+
+# Scheduling rules
+from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, ScheduleType
+
+# State: stores and the records they keep
+from task_scheduler.stores import MemoryStore, Store
+from task_scheduler.stores.base import ConcurrencyPolicy, RunRecord, RunState, TaskState
+
+# Tasks
+from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, RetryPolicy, ScriptTask, TaskContext
 
 __version__ = "0.1.0"
 

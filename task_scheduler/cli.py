@@ -88,7 +88,9 @@ def _run(options: argparse.Namespace) -> int:
         "task_scheduler %s starting with %s (log file %s)", _version(), config.source, log_file or "none"
     )
     code = scheduler.run_forever()
-    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    stuck = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if stuck:
         # Python threads cannot be killed: a function that ignores its cancel event
         # would keep the process alive forever. Say so, then leave anyway.

@@ -164,7 +164,7 @@ class SchedulerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> SchedulerConfig:
         """Build and validate a config from parsed JSON (no env overrides applied)."""
-        config = _build(cls, data, "", source)
+        config: SchedulerConfig = _build(cls, data, "", source)
         config.source = source
         _validate(config)
         return config
@@ -381,7 +381,9 @@ def _validate(config: SchedulerConfig) -> None:
         check(job.id not in seen, f"{key}.id", f"duplicate job id {job.id!r}")
         seen.add(job.id)
         check(job.type in ("script", "builtin", "function"), f"{key}.type", "must be script, builtin or function")
-        check(job.retry_backoff in (None, *_enum_values(Backoff)), f"{key}.retry_backoff", "must be fixed or exponential")
+        check(
+            job.retry_backoff in (None, *_enum_values(Backoff)), f"{key}.retry_backoff", "must be fixed or exponential"
+        )
         check(
             job.concurrency_policy in _enum_values(ConcurrencyPolicy),
             f"{key}.concurrency_policy",
@@ -448,7 +450,9 @@ def build_job(config: SchedulerConfig, index: int, job: JobConfig) -> tuple[Base
     return task, rule
 
 
-def _make_task(config: SchedulerConfig, job: JobConfig, timeout: float | None, options: dict[str, Any], key: str) -> BaseTask:
+def _make_task(
+    config: SchedulerConfig, job: JobConfig, timeout: float | None, options: dict[str, Any], key: str
+) -> BaseTask:
     def need(value: Any, name: str) -> Any:
         if not value:
             raise ConfigError(f"is required for a {job.type} job", source=config.source, key=f"{key}.{name}")
@@ -479,9 +483,18 @@ def _make_task(config: SchedulerConfig, job: JobConfig, timeout: float | None, o
                 key=f"{key}.builtin",
             )
         try:
-            return BUILTINS[name](job.id, job.name, config=config, timeout=timeout, **job.params, **options)
+            return BUILTINS[name](
+                job.id,
+                job.name,
+                config=config,
+                timeout=timeout,
+                **job.params,
+                **options,
+            )
         except TypeError as exc:
-            raise ConfigError(f"bad params for builtin {name!r}: {exc}", source=config.source, key=f"{key}.params") from exc
+            raise ConfigError(
+                f"bad params for builtin {name!r}: {exc}", source=config.source, key=f"{key}.params"
+            ) from exc
     target = need(job.function, "function")
     module_name, _, attribute = target.partition(":")
     try:

@@ -16,7 +16,7 @@ from enum import Flag, auto
 
 from task_scheduler.stores.base import RunRecord
 
-__all__ = ["EventType", "SchedulerEvent", "Listener"]
+__all__ = ["EventType", "Listener", "SchedulerEvent"]
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,7 @@ CANCEL_REPLACED = "replaced by a newer run"
 _RESULT_LIMIT = 4096
 
 
-def execute_attempt(
-    task: BaseTask, record: RunRecord, context: TaskContext, now: Callable[[], datetime]
-) -> RunRecord:
+def execute_attempt(task: BaseTask, record: RunRecord, context: TaskContext, now: Callable[[], datetime]) -> RunRecord:
     """Run ``task`` once for ``record``; return the record with its final outcome."""
     started = now()
     result: object = None
@@ -65,12 +63,18 @@ def execute_attempt(
             output=output,
         )
         log = logger.info if state is RunState.SUCCEEDED else logger.warning
-        log("task %s %s in %.3fs%s", task.task_id, state.value, final.duration or 0.0, f": {final.error}" if final.error else "")
+        log(
+            "task %s %s in %.3fs%s",
+            task.task_id,
+            state.value,
+            final.duration or 0.0,
+            f": {final.error}" if final.error else "",
+        )
     return final
 
 
 def _outcome(result: object, error: str | None, context: TaskContext) -> RunState:
-    if context.cancelled and context.cancel_reason == CANCEL_TIMEOUT or context.timed_out:
+    if (context.cancelled and context.cancel_reason == CANCEL_TIMEOUT) or context.timed_out:
         return RunState.TIMED_OUT
     if context.cancelled:
         return RunState.INTERRUPTED
@@ -81,10 +85,10 @@ def _outcome(result: object, error: str | None, context: TaskContext) -> RunStat
 
 def retry_for(record: RunRecord, policy: RetryPolicy, now: datetime) -> Retry | None:
     """A `Retry` when the failed ``record`` has attempts left under ``policy``."""
-    if record.state is RunState.FAILED or (record.state is RunState.TIMED_OUT and policy.retry_on_timeout):
-        if record.attempt <= policy.max_retries:
-            return Retry(record, now + timedelta(seconds=policy.delay(record.attempt)))
-    return None
+    retryable = record.state is RunState.FAILED or (record.state is RunState.TIMED_OUT and policy.retry_on_timeout)
+    if not retryable or record.attempt > policy.max_retries:
+        return None
+    return Retry(record, now + timedelta(seconds=policy.delay(record.attempt)))
 
 
 def _short_traceback(exc: BaseException) -> str:

@@ -92,7 +92,7 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
                 sys.stderr.write(f"task_scheduler: cannot write log file {self.baseFilename}: {exc}\n")
             self._failed_since = record.created
             self.close()
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
         else:
             if self._failed_since is not None:
                 sys.stderr.write(f"task_scheduler: log file {self.baseFilename} is writable again\n")

@@ -256,7 +256,13 @@ class TaskScheduler:
             return interval
         claim = self.store.claim_due(now, self._claim_limit, self.node_id, self._next_fire)
         for record in claim.recorded:
-            logger.warning("task %s occurrence %s %s: %s", record.task_id, record.scheduled_for.isoformat(), record.state.value, record.error)
+            logger.warning(
+                "task %s occurrence %s %s: %s",
+                record.task_id,
+                record.scheduled_for.isoformat(),
+                record.state.value,
+                record.error,
+            )
             self._emit(record, now)
         for run_id in claim.replace:
             active = self._active.get(run_id)
@@ -326,16 +332,28 @@ class TaskScheduler:
         for record in records:
             self._emit(record, now)
             if record.run_id in retried:
-                logger.info("task %s attempt %d failed; retry at %s", record.task_id, record.attempt, retried[record.run_id].isoformat())
+                logger.info(
+                    "task %s attempt %d failed; retry at %s",
+                    record.task_id,
+                    record.attempt,
+                    retried[record.run_id].isoformat(),
+                )
                 self._emit(record, now, EventType.RETRY, retried[record.run_id])
 
     def _enforce_timeouts(self, now: datetime) -> None:
         for active in list(self._active.values()):
             if active.deadline is not None and now >= active.deadline and not active.context.cancelled:
-                logger.warning("task %s run %s passed its timeout of %ss; cancelling", active.record.task_id, active.record.run_id, active.context.timeout)
+                logger.warning(
+                    "task %s run %s passed its timeout of %ss; cancelling",
+                    active.record.task_id,
+                    active.record.run_id,
+                    active.context.timeout,
+                )
                 active.context.cancel(CANCEL_TIMEOUT)
 
-    def _emit(self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None) -> None:
+    def _emit(
+        self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
+    ) -> None:
         kind = kind or _EVENT_FOR_STATE.get(record.state)
         if kind is not None:
             self._events.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
@@ -375,7 +393,12 @@ class TaskScheduler:
         self._started_at = time.monotonic()
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
         self._loop_thread.start()
-        logger.info("scheduler started: %d task(s), %d worker(s), node %s", len(self._entries), self.config.scheduler.max_workers, self.node_id)
+        logger.info(
+            "scheduler started: %d task(s), %d worker(s), node %s",
+            len(self._entries),
+            self.config.scheduler.max_workers,
+            self.node_id,
+        )
 
     def _start_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -431,9 +454,7 @@ class TaskScheduler:
     def run_forever(self) -> int:
         """Run in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
         Returns 0 after a graceful stop. Must be called from the main thread."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             self.start()
             while not self._signal_stop.wait(self.config.scheduler.check_interval):
@@ -570,4 +591,3 @@ def _process_stats() -> dict[str, Any]:
             "cpu_percent": process.cpu_percent(interval=None),
             "open_files": len(process.open_files()),
         }
-

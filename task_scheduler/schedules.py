@@ -118,6 +118,7 @@ class ScheduleRule:
 
     schedule_type: ClassVar[ScheduleType]
     timezone: tzinfo | None
+    _arguments: dict[str, Any]  # the constructor's arguments, to rebuild in another zone
 
     def __new__(cls, schedule_type: ScheduleType | str | None = None, /, **_: Any) -> ScheduleRule:
         if cls is ScheduleRule:
@@ -274,12 +275,24 @@ class IntervalRule(ScheduleRule):
         timezone: str | tzinfo | None = None,
         jitter: float = 0,
     ) -> None:
-        for name, value in (("weeks", weeks), ("days", days), ("hours", hours), ("minutes", minutes), ("seconds", seconds)):
+        for name, value in (
+            ("weeks", weeks),
+            ("days", days),
+            ("hours", hours),
+            ("minutes", minutes),
+            ("seconds", seconds),
+        ):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ScheduleError(f"interval {name} must be a number >= 0, got {value!r}")
         self._arguments = {
-            "weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds,
-            "start": start, "end": end, "jitter": jitter,
+            "weeks": weeks,
+            "days": days,
+            "hours": hours,
+            "minutes": minutes,
+            "seconds": seconds,
+            "start": start,
+            "end": end,
+            "jitter": jitter,
         }
         self.period = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         if self.period <= timedelta(0):
@@ -389,9 +402,7 @@ class _CronSpec:
     hour_wildcard: bool
 
     def day_matches(self, day: date) -> bool:
-        day_hit = day.day in self.days or (
-            self.last_day and day.day == calendar.monthrange(day.year, day.month)[1]
-        )
+        day_hit = day.day in self.days or (self.last_day and day.day == calendar.monthrange(day.year, day.month)[1])
         weekday = (day.weekday() + 1) % 7
         weekday_hit = weekday in self.weekdays and (
             weekday not in self.nth_weekday or (day.day - 1) // 7 + 1 in self.nth_weekday[weekday]
@@ -456,8 +467,7 @@ def _expand_field(field: str, text: str, expression: str) -> list[Any]:
         expanded, nth = croniter.expand(" ".join(probe), second_at_beginning=True)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise ScheduleError(
-            f"cron field '{field}' has invalid value {text!r} in {expression!r} "
-            f"(allowed: {_FIELD_RANGES[field]})"
+            f"cron field '{field}' has invalid value {text!r} in {expression!r} (allowed: {_FIELD_RANGES[field]})"
         ) from exc
     # croniter returns [minute, hour, day, month, day_of_week, second]
     order = {"minute": 0, "hour": 1, "day": 2, "month": 3, "day_of_week": 4, "second": 5}
@@ -469,7 +479,7 @@ def _expand_field(field: str, text: str, expression: str) -> list[Any]:
 
 @lru_cache(maxsize=4096)
 def _parse_cron(fields: tuple[str, ...], expression: str) -> _CronSpec:
-    second, minute, hour, day, month, day_of_week = fields
+    _, _, hour, day, month, day_of_week = fields
     expanded = {name: _expand_field(name, text, expression) for name, text in zip(_CRON_FIELDS, fields, strict=True)}
 
     def numbers(name: str, full: range) -> tuple[int, ...]:

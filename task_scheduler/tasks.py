@@ -29,8 +29,8 @@ from task_scheduler.errors import TaskError
 from task_scheduler.stores.base import ConcurrencyPolicy
 
 __all__ = [
-    "BaseTask",
     "Backoff",
+    "BaseTask",
     "FunctionTask",
     "RetryPolicy",
     "ScriptTask",
@@ -64,7 +64,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.backoff is Backoff.EXPONENTIAL:
-            return min(self.retry_delay * 2 ** (attempt - 1), self.max_delay)
+            return min(self.retry_delay * 2.0 ** (attempt - 1), self.max_delay)
         return min(self.retry_delay, self.max_delay)
 
 
@@ -306,9 +306,7 @@ class ScriptTask(BaseTask):
             raise TaskError(f"task {self.task_id!r}: script not found: {path}")
         if allowed_dirs is not None and not any(resolved.is_relative_to(d.resolve()) for d in allowed_dirs):
             allowed = ", ".join(str(d) for d in allowed_dirs) or "(none)"
-            raise TaskError(
-                f"task {self.task_id!r}: script {resolved} is outside allowed_script_dirs ({allowed})"
-            )
+            raise TaskError(f"task {self.task_id!r}: script {resolved} is outside allowed_script_dirs ({allowed})")
         if resolved.suffix != ".py" and not os.access(resolved, os.X_OK):
             raise TaskError(f"task {self.task_id!r}: script {resolved} is not executable")
         self.script_path = resolved
@@ -387,16 +385,12 @@ class _GroupKiller:
         self._thread.start()
 
     def _escalate(self) -> None:
-        try:
-            self.process.wait(self.grace)
-        except subprocess.TimeoutExpired:
-            pass
-        # The leader may be gone while others in its group ignore SIGTERM; SIGKILL
-        # the group after the grace period either way (a no-op when it is empty).
-        deadline = self.grace
-        while deadline > 0 and _group_alive(self.process.pid):
+        # The leader may exit while others in its group ignore SIGTERM: wait for the
+        # whole group, and SIGKILL whatever is left once the grace period is over.
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and _group_alive(self.process.pid):
+            self.process.poll()  # reap the leader so a zombie does not count as alive
             time.sleep(0.05)
-            deadline -= 0.05
         _signal_group(self.process.pid, signal.SIGKILL)
 
     def wait(self) -> None:

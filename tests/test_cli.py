@@ -29,7 +29,9 @@ def test_validate_bad_config_exits_2_with_the_message(tmp_path: Path, capsys: py
     assert f"{path}: scheduler.check_interval: expected a number" in capsys.readouterr().err
 
 
-def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_from_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "c.json"
     path.write_text("{}")
     monkeypatch.setenv("TASK_SCHEDULER_CONFIG", str(path))

@@ -31,8 +31,10 @@ def restore_root_logger() -> Iterator[None]:
 
 def run_one_job(base_dir: Path, log_format: str) -> Path:
     config = SchedulerConfig.from_dict(
-        {"scheduler": {"base_dir": str(base_dir), "timezone": "UTC"},
-         "logging": {"format": log_format, "console": False, "max_log_size": "1MB"}}
+        {
+            "scheduler": {"base_dir": str(base_dir), "timezone": "UTC"},
+            "logging": {"format": log_format, "console": False, "max_log_size": "1MB"},
+        }
     )
     log_file = configure_logging(config)
     assert log_file == base_dir / "logs" / "scheduler.log"
@@ -66,7 +68,10 @@ def test_json_format_carries_task_and_run_ids(base_dir: Path) -> None:
 
 def test_rotation_by_size(base_dir: Path) -> None:
     config = SchedulerConfig.from_dict(
-        {"scheduler": {"base_dir": str(base_dir)}, "logging": {"console": False, "max_log_size": 2048, "backup_count": 2}}
+        {
+            "scheduler": {"base_dir": str(base_dir)},
+            "logging": {"console": False, "max_log_size": 2048, "backup_count": 2},
+        }
     )
     log_file = configure_logging(config)
     assert log_file is not None

@@ -17,9 +17,9 @@ from task_scheduler import (
     ManualClock,
     OnceRule,
     RunState,
+    SchedulerConfig,
     ScheduleRule,
     ScheduleType,
-    SchedulerConfig,
     ScriptTask,
     TaskContext,
     TaskError,
@@ -113,7 +113,9 @@ def test_stats_are_right(scheduler: TaskScheduler, clock: ManualClock) -> None:
     assert totals["tasks"]["flaky"]["run_count"] == 4 and "rss_bytes" in totals["process"]
 
 
-def test_a_task_that_raises_or_returns_garbage_does_not_disturb_others(scheduler: TaskScheduler, clock: ManualClock) -> None:
+def test_a_task_that_raises_or_returns_garbage_does_not_disturb_others(
+    scheduler: TaskScheduler, clock: ManualClock
+) -> None:
     recorder = Recorder(clock)
     scheduler.add_task(FunctionTask("boom", "boom", lambda: 1 / 0), IntervalRule(seconds=1))
     scheduler.add_task(FunctionTask("junk", "junk", lambda: object()), IntervalRule(seconds=1))
@@ -270,7 +272,9 @@ def test_a_raising_listener_is_isolated(scheduler: TaskScheduler, clock: ManualC
 
 
 def test_script_task_through_the_scheduler(scheduler: TaskScheduler, clock: ManualClock, base_dir: Any) -> None:
-    write_script(base_dir, "count.py", "import os\nopen(os.environ['TASK_SCHEDULER_DATA_DIR'] + '/n', 'a').write('x')\n")
+    write_script(
+        base_dir, "count.py", "import os\nopen(os.environ['TASK_SCHEDULER_DATA_DIR'] + '/n', 'a').write('x')\n"
+    )
     (base_dir / "data").mkdir()
     scheduler.add_task(ScriptTask("count", "count", "scripts/count.py"), CronRule(cron="* * * * * *"))
     for _ in range(3):

@@ -128,7 +128,9 @@ def bound(base_dir: Path, task: ScriptTask, allowed: list[Path] | None = None) -
 
 
 def test_python_script_success_output_and_environment(base_dir: Path) -> None:
-    write_script(base_dir, "hello.py", "import os, sys\nprint('hello', sys.argv[1:], os.environ['TASK_SCHEDULER_TASK_ID'])\n")
+    write_script(
+        base_dir, "hello.py", "import os, sys\nprint('hello', sys.argv[1:], os.environ['TASK_SCHEDULER_TASK_ID'])\n"
+    )
     record, _ = attempt(bound(base_dir, ScriptTask("hello", "Hello", "scripts/hello.py", args=["--mode", "auto"])))
     assert record.state is RunState.SUCCEEDED and record.exit_code == 0
     assert record.output is not None and "hello ['--mode', 'auto'] hello" in record.output
@@ -142,17 +144,17 @@ def test_script_exit_codes(base_dir: Path) -> None:
 
 
 def test_executable_runs_directly_without_a_shell(base_dir: Path) -> None:
-    write_script(base_dir, "tool.sh", "#!/bin/sh\necho \"args:$1\"\n")
+    write_script(base_dir, "tool.sh", '#!/bin/sh\necho "args:$1"\n')
     record, _ = attempt(bound(base_dir, ScriptTask("sh", "sh", "scripts/tool.sh", args=["a b; rm -rf /"])))
     assert record.state is RunState.SUCCEEDED and record.output == "args:a b; rm -rf /\n"
 
 
 def test_missing_and_disallowed_scripts_are_rejected(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    with pytest.raises(TaskError, match="task 'gone': script not found: .*nope.py"):
+    with pytest.raises(TaskError, match=r"task 'gone': script not found: .*nope\.py"):
         bound(base_dir, ScriptTask("gone", "gone", "scripts/nope.py"))
     outside = tmp_path_factory.mktemp("elsewhere") / "evil.py"
     outside.write_text("print('x')\n")
-    with pytest.raises(TaskError, match="task 'evil': script .*evil.py is outside allowed_script_dirs"):
+    with pytest.raises(TaskError, match=r"task 'evil': script .*evil\.py is outside allowed_script_dirs"):
         bound(base_dir, ScriptTask("evil", "evil", str(outside)))
     (base_dir / "scripts" / "link.py").symlink_to(outside)
     with pytest.raises(TaskError, match="outside allowed_script_dirs"):
@@ -179,8 +181,15 @@ def test_script_timeout_kills_the_whole_process_group(base_dir: Path) -> None:
 
 
 def test_script_that_ignores_sigterm_gets_sigkill(base_dir: Path) -> None:
-    write_script(base_dir, "stubborn.py", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(1000)\n")
-    record, _ = attempt(bound(base_dir, ScriptTask("stubborn", "s", "scripts/stubborn.py", timeout=0.5, kill_grace=0.5)), timeout=0.5)
+    write_script(
+        base_dir,
+        "stubborn.py",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('up', flush=True)\ntime.sleep(1000)\n",
+    )
+    record, _ = attempt(
+        bound(base_dir, ScriptTask("stubborn", "s", "scripts/stubborn.py", timeout=0.5, kill_grace=0.5)), timeout=0.5
+    )
     assert record.state is RunState.TIMED_OUT and record.exit_code == -9
 
 
@@ -202,7 +211,11 @@ def test_output_tail_is_bounded(base_dir: Path) -> None:
 def test_inherit_env_allowlist(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     monkeypatch.setenv("VISIBLE", "yes")
-    write_script(base_dir, "env.py", "import os\nprint(os.environ.get('SECRET_TOKEN'), os.environ.get('VISIBLE'), os.environ.get('EXTRA'))\n")
+    write_script(
+        base_dir,
+        "env.py",
+        "import os\nprint(os.environ.get('SECRET_TOKEN'), os.environ.get('VISIBLE'), os.environ.get('EXTRA'))\n",
+    )
     task = ScriptTask("env", "env", "scripts/env.py", inherit_env=["VISIBLE", "PATH"], env={"EXTRA": "1"})
     record, _ = attempt(bound(base_dir, task))
     assert record.output == "None yes 1\n"

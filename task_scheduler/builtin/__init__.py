@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from task_scheduler.builtin.log_cleanup import LogCleanupTask
 from task_scheduler.tasks import BaseTask
 
 __all__ = ["BUILTINS", "LogCleanupTask"]
 
-BUILTINS: dict[str, type[BaseTask]] = {
+# Each is called as cls(task_id, name, config=..., timeout=..., **params, **options).
+BUILTINS: dict[str, Callable[..., BaseTask]] = {
     "log_cleanup": LogCleanupTask,
 }

@@ -43,9 +43,7 @@ class LogCleanupTask(BaseTask):
             self.directory = config.path(directory) if config else Path(directory)
         else:
             self.directory = config.path(config.logging.log_dir) if config else Path("logs")
-        self.active_log = (
-            self.directory / config.logging.log_file if config and config.logging.log_file else None
-        )
+        self.active_log = self.directory / config.logging.log_file if config and config.logging.log_file else None
 
     def execute(self, context: TaskContext) -> bool:
         if not self.directory.is_dir():

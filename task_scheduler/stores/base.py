@@ -309,9 +309,7 @@ class Store(Protocol):
     def running(self) -> list[RunRecord]:
         """The RUNNING and SCHEDULED rows."""
 
-    def history(
-        self, task_id: str | None = None, state: RunState | None = None, limit: int = 100
-    ) -> list[RunRecord]:
+    def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
         """Final records, newest first."""
 
     def interrupt_running(self, node: str | None, now: datetime, reason: str) -> list[RunRecord]:

@@ -44,9 +44,13 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyp
 
 def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path) -> None:
     (base_dir / "scripts" / "tick.py").write_text(
-        "import os, time\nopen(os.path.join(os.environ['TASK_SCHEDULER_DATA_DIR'], 'ticks'), 'a').write(f'{time.time()}\\n')\nprint('tick done')\n"
+        "import os, time\n"
+        "open(os.path.join(os.environ['TASK_SCHEDULER_DATA_DIR'], 'ticks'), 'a').write(f'{time.time()}\\n')\n"
+        "print('tick done')\n"
     )
-    (base_dir / "scripts" / "fail.py").write_text("import sys\nprint('failing on purpose', file=sys.stderr)\nsys.exit(7)\n")
+    (base_dir / "scripts" / "fail.py").write_text(
+        "import sys\nprint('failing on purpose', file=sys.stderr)\nsys.exit(7)\n"
+    )
     (base_dir / "data").mkdir()
     config = {
         "scheduler": {"check_interval": 0.5, "timezone": "UTC"},
@@ -60,7 +64,9 @@ def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path
     process = start_service(base_dir, config, "run")
     ticks = base_dir / "data" / "ticks"
     try:
-        assert wait_for(lambda: ticks.exists() and len(ticks.read_text().splitlines()) >= 3), "the 1 s job did not run 3 times"
+        assert wait_for(lambda: ticks.exists() and len(ticks.read_text().splitlines()) >= 3), (
+            "the 1 s job did not run 3 times"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
@@ -78,8 +84,14 @@ def test_sigterm_interrupts_a_long_script_within_shutdown_timeout(base_dir: Path
     config = {
         "scheduler": {"check_interval": 0.5, "shutdown_timeout": 1},
         "tasks": {"kill_grace": 1},
-        "jobs": [{"id": "long", "script_path": "scripts/long.py", "schedule": {"once": "2000-01-01T00:00:00+00:00"},
-                  "misfire_grace_time": 10**9}],
+        "jobs": [
+            {
+                "id": "long",
+                "script_path": "scripts/long.py",
+                "schedule": {"once": "2000-01-01T00:00:00+00:00"},
+                "misfire_grace_time": 10**9,
+            }
+        ],
     }
     process = start_service(base_dir, config)
     log_path = base_dir / "logs" / "scheduler.log"
@@ -111,8 +123,14 @@ def test_shipped_config_starts_from_the_checkout(tmp_path: Path) -> None:
         (checkout / "scripts" / script.name).write_text(script.read_text())
     env = {**os.environ, "TASK_SCHEDULER__SCHEDULER__CHECK_INTERVAL": "0.5"}
     env.pop("TASK_SCHEDULER_CONFIG", None)
-    process = subprocess.Popen([sys.executable, "-m", "task_scheduler"], cwd=checkout, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "task_scheduler"],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log_path = checkout / "logs" / "scheduler.log"
     try:
         assert wait_for(lambda: log_path.exists() and "scheduler started: 4 task(s)" in log_path.read_text())

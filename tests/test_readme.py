@@ -1,0 +1,80 @@
+"""Every example in README.md runs: Python blocks as scripts, CLI lines as commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+CLI_LINES = [
+    line.strip()
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+    for line in block.splitlines()
+    if line.strip().startswith("task-scheduler ") and " run" not in line
+]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A copy of what a user has after cloning: config and scripts."""
+    shutil.copy(ROOT / "scheduler_config.json", tmp_path)
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    return tmp_path
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TASK_SCHEDULER_CONFIG", None)
+    return env
+
+
+def test_readme_has_examples() -> None:
+    assert len(PYTHON_BLOCKS) >= 2 and len(CLI_LINES) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_example_runs(index: int, checkout: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PYTHON_BLOCKS[index]],
+        cwd=checkout,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_quick_start_output_is_what_it_claims(checkout: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PYTHON_BLOCKS[0]], cwd=checkout, env=_env(), capture_output=True, text=True, timeout=120
+    )
+    status_line, total_line = result.stdout.strip().splitlines()[-2:]
+    state, run_count, success_rate, _ = status_line.split()
+    assert state in ("scheduled", "running") and int(run_count) >= 2 and float(success_rate) == 100.0
+    assert total_line == "6"  # the four predefined jobs and the two added in code
+
+
+@pytest.mark.parametrize("line", CLI_LINES)
+def test_cli_example_runs(line: str, checkout: Path) -> None:
+    arguments = shlex.split(line)[1:]
+    result = subprocess.run(
+        [sys.executable, "-m", "task_scheduler", *arguments],
+        cwd=checkout,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
