@@ -143,3 +143,15 @@ def test_scheduler_from_config_file_registers_jobs(base_dir: Path) -> None:
 )
 def test_parse_size(text: Any, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_production_template_is_valid_once_installed(tmp_path: Path) -> None:
+    """config/production.json, with /opt and /var paths pointed at a temporary install."""
+    environ = {
+        "TASK_SCHEDULER__SCHEDULER__BASE_DIR": str(ROOT),
+        "TASK_SCHEDULER__SCHEDULER__DATA_DIR": str(tmp_path / "data"),
+        "TASK_SCHEDULER__TASKS__ALLOWED_SCRIPT_DIRS": json.dumps([str(ROOT / "scripts")]),
+        "TASK_SCHEDULER__LOGGING__LOG_DIR": str(tmp_path / "logs"),
+    }
+    config = load_config(ROOT / "config" / "production.json", environ=environ)
+    assert len(config.build_tasks()) == 4 and config.logging.format == "json"
