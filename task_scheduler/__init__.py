@@ -25,7 +25,7 @@ from task_scheduler.scheduler import TaskScheduler
 from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, ScheduleType
 
 # State: stores and the records they keep
-from task_scheduler.stores import MemoryStore, Store
+from task_scheduler.stores import MemoryStore, SQLiteStore, Store
 from task_scheduler.stores.base import ConcurrencyPolicy, RunRecord, RunState, TaskState
 
 # Tasks
@@ -61,6 +61,7 @@ __all__ = [
     "MemoryStore",
     "RunRecord",
     "RunState",
+    "SQLiteStore",
     "Store",
     "TaskState",
     # Errors

@@ -34,6 +34,7 @@ from task_scheduler.stores.base import ConcurrencyPolicy
 from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, ScriptTask
 
 __all__ = [
+    "HistoryConfig",
     "JobConfig",
     "LoggingConfig",
     "SchedulerConfig",
@@ -68,8 +69,14 @@ class SchedulerSection:
 
 @dataclass
 class StoreConfig:
-    url: str = "memory://"
-    history_max_runs_per_task: int = 1000
+    url: str | None = None  # None: sqlite://DATA_DIR/state.db; or memory://, sqlite://PATH
+    lease_seconds: float = 30.0  # a run whose node stops renewing this long is INTERRUPTED
+
+
+@dataclass
+class HistoryConfig:
+    max_runs_per_task: int | None = 1000  # final records kept per task; None: all
+    max_age_days: float | None = 90.0  # older final records are deleted; None: never
 
 
 @dataclass
@@ -133,6 +140,7 @@ class SchedulerConfig:
 
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     store: StoreConfig = field(default_factory=StoreConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jobs: list[JobConfig] = field(default_factory=list)
@@ -356,11 +364,14 @@ def _validate(config: SchedulerConfig) -> None:
         resolve_timezone(section.timezone)
     except TaskSchedulerError as exc:
         raise ConfigError(str(exc), source=source, key="scheduler.timezone") from exc
-    check(
-        re.match(r"^(memory://|sqlite://)", config.store.url) is not None,
-        "store.url",
-        f"unsupported store {config.store.url!r} (use memory:// or sqlite:///path)",
-    )
+    url = config.store.url
+    check(url is None or re.match(r"^(memory://|sqlite://.)", url) is not None, "store.url",
+          f"unsupported store {url!r} (use memory:// or sqlite://PATH)")  # fmt: skip
+    check(config.store.lease_seconds >= 1, "store.lease_seconds", "must be >= 1 second")
+    history = config.history
+    check(history.max_runs_per_task is None or history.max_runs_per_task >= 1, "history.max_runs_per_task",
+          "must be >= 1 or null")  # fmt: skip
+    check(history.max_age_days is None or history.max_age_days > 0, "history.max_age_days", "must be > 0 or null")
     tasks = config.tasks
     check(tasks.max_retries >= 0, "tasks.max_retries", "must be >= 0")
     check(tasks.retry_delay >= 0, "tasks.retry_delay", "must be >= 0 seconds")

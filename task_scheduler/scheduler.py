@@ -31,14 +31,14 @@ from typing import Any
 import psutil
 
 from task_scheduler.clock import Clock, SystemClock
-from task_scheduler.config import SchedulerConfig, load_config
+from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
 from task_scheduler.errors import TaskError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, CANCEL_TIMEOUT, execute_attempt, retry_for
 from task_scheduler.logs import configure_logging
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
-from task_scheduler.stores.base import Retry, RunRecord, RunState, TaskDefinition, TaskState
+from task_scheduler.stores.base import NodeInfo, Retry, RunRecord, RunState, TaskDefinition, TaskState
 from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask, TaskContext
 
 __all__ = ["TaskScheduler"]
@@ -82,8 +82,10 @@ class TaskScheduler:
     """Schedules tasks and runs them on a thread pool.
 
     ``TaskScheduler("scheduler_config.json")`` reads a config file (and sets up
-    logging from it, and registers its jobs); ``TaskScheduler(config_object)`` or
-    ``TaskScheduler()`` (all defaults, memory store) leave logging to the caller.
+    logging from it, and registers its jobs); ``TaskScheduler(config_object)`` leaves
+    logging to the caller. Both use the configured store, by default SQLite in the
+    data directory. ``TaskScheduler()`` with no config keeps its state in memory and
+    writes no files.
     ``store`` and ``clock`` are injectable; tests pass a `ManualClock` and call
     `run_due` and `wait_for_runs` instead of starting the loop thread.
     """
@@ -102,11 +104,12 @@ class TaskScheduler:
             self.config = load_config(config)
             configure_logging(self.config)
         else:
-            self.config = SchedulerConfig()
+            self.config = SchedulerConfig(store=StoreConfig(url="memory://"))
         settings = self.config.scheduler
         self.clock: Clock = clock or SystemClock()
         self.timezone = resolve_timezone(settings.timezone)
         self.node_id = node_id or settings.node_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.lease = timedelta(seconds=self.config.store.lease_seconds)
         self._owns_store = store is None
         self.store: Store = store if store is not None else open_store(self.config)
         self._entries: dict[str, _Entry] = {}
@@ -123,6 +126,10 @@ class TaskScheduler:
         self._started_at: float | None = None
         self._stopped = False
         self._claim_limit = max(100, settings.max_workers * 8)
+        self._host = socket.gethostname()
+        self._node: NodeInfo | None = None
+        self._next_heartbeat = 0.0  # on the monotonic clock
+        self._next_prune = 0.0
         self.add_tasks(self.config.build_tasks(), from_config=True)
 
     # -- task management ------------------------------------------------------------
@@ -251,10 +258,11 @@ class TaskScheduler:
         now = now or self.clock.now()
         self._collect_finished(now)
         self._enforce_timeouts(now)
+        self._maintain(now)
         interval = self.config.scheduler.check_interval
         if self._stopping.is_set():
             return interval
-        claim = self.store.claim_due(now, self._claim_limit, self.node_id, self._next_fire)
+        claim = self.store.claim_due(now, self._claim_limit, self.node_id, now + self.lease, self._next_fire)
         for record in claim.recorded:
             logger.warning(
                 "task %s occurrence %s %s: %s",
@@ -277,6 +285,31 @@ class TaskScheduler:
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         return interval
+
+    def _maintain(self, now: datetime) -> None:
+        """Renew this node's leases, reap dead nodes' runs, prune old history; each on
+        its own period of the monotonic clock, so it costs nothing on most steps."""
+        monotonic = self.clock.monotonic()
+        if monotonic >= self._next_heartbeat:
+            self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
+            node = self._node_info(now)
+            self.store.heartbeat(node, list(self._active), now + self.lease)
+            for record in self.store.reap(now):
+                logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
+                self._emit(record, now)
+        if monotonic >= self._next_prune:
+            self._next_prune = monotonic + 600
+            history = self.config.history
+            older_than = now - timedelta(days=history.max_age_days) if history.max_age_days else None
+            pruned = self.store.prune(older_than, history.max_runs_per_task)
+            if pruned:
+                logger.info("pruned %d old run record(s) from the history", pruned)
+
+    def _node_info(self, now: datetime) -> NodeInfo:
+        if self._node is None:
+            self._node = NodeInfo(self.node_id, self._host, os.getpid(), now, now, self.config.source, self.store.location)
+        self._node = replace(self._node, heartbeat_at=now)
+        return self._node
 
     def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
         entry = self._entries.get(task_id)
@@ -389,6 +422,7 @@ class TaskScheduler:
             return
         if self._stopped:
             raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
+        self._recover()
         self._start_executor()
         self._started_at = time.monotonic()
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
@@ -399,6 +433,25 @@ class TaskScheduler:
             self.config.scheduler.max_workers,
             self.node_id,
         )
+
+    def _recover(self) -> None:
+        """Make the store match this process at start: tasks it no longer has are
+        unscheduled (history kept), and runs of dead processes on this host are
+        recorded INTERRUPTED at once (other hosts' wait for their lease to expire)."""
+        now = self.clock.now()
+        with self._lock:
+            registered = set(self._entries)
+        stale = set(self.store.task_states()) - registered
+        if stale:
+            self.store.remove_tasks(stale)
+            logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(sorted(stale)))
+        for node in self.store.nodes():
+            if node.host == self._host and node.node_id != self.node_id and not psutil.pid_exists(node.pid):
+                for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
+                    logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
+                    self._emit(record, now)
+        self._next_heartbeat = 0.0
+        self._maintain(now)
 
     def _start_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -442,7 +495,7 @@ class TaskScheduler:
             self.wait_for_runs(self.config.tasks.kill_grace + 1.0)
         now = self.clock.now()
         self._collect_finished(now)
-        for record in self.store.interrupt_running(self.node_id, now, "scheduler stopped before the run finished"):
+        for record in self.store.leave(self.node_id, now, "the scheduler stopped before the run finished"):
             logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
             self._emit(record, now)
         if self._executor is not None:

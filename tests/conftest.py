@@ -32,12 +32,19 @@ def write_script(base_dir: Path, name: str, body: str) -> Path:
     return path
 
 
-@pytest.fixture
-def config(base_dir: Path) -> SchedulerConfig:
-    config = SchedulerConfig.from_dict(
-        {"scheduler": {"timezone": "UTC", "base_dir": str(base_dir), "max_workers": 4}, "logging": {"log_file": None}}
+STORES = ["memory://", "sqlite://data/state.db"]
+
+
+@pytest.fixture(params=STORES, ids=["memory", "sqlite"])
+def config(base_dir: Path, request: pytest.FixtureRequest) -> SchedulerConfig:
+    """A config on each store: tests using it run once per store."""
+    return SchedulerConfig.from_dict(
+        {
+            "scheduler": {"timezone": "UTC", "base_dir": str(base_dir), "max_workers": 4},
+            "store": {"url": request.param},
+            "logging": {"log_file": None},
+        }
     )
-    return config
 
 
 @pytest.fixture

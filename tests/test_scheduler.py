@@ -275,7 +275,7 @@ def test_script_task_through_the_scheduler(scheduler: TaskScheduler, clock: Manu
     write_script(
         base_dir, "count.py", "import os\nopen(os.environ['TASK_SCHEDULER_DATA_DIR'] + '/n', 'a').write('x')\n"
     )
-    (base_dir / "data").mkdir()
+    (base_dir / "data").mkdir(exist_ok=True)
     scheduler.add_task(ScriptTask("count", "count", "scripts/count.py"), CronRule(cron="* * * * * *"))
     for _ in range(3):
         step(scheduler, clock, 1)

@@ -1,22 +1,46 @@
-"""State stores: one module per backend, all speaking the `Store` contract."""
+"""State stores: one module per backend, all speaking the `Store` contract.
+
+``store.url`` picks one: ``memory://`` (nothing persisted), ``sqlite://PATH`` (the
+default, ``DATA_DIR/state.db``). Everything after ``sqlite://`` is the path, so
+``sqlite:///var/lib/task-scheduler/state.db`` is absolute and ``sqlite://state.db``
+is relative to ``scheduler.base_dir``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from task_scheduler.errors import ConfigError
 from task_scheduler.stores.base import Store
 from task_scheduler.stores.memory import MemoryStore
+from task_scheduler.stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from task_scheduler.config import SchedulerConfig
 
-__all__ = ["MemoryStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store", "store_path"]
+
+
+def store_path(config: SchedulerConfig) -> Path | None:
+    """The SQLite file the config names (or defaults to); None for other stores."""
+    url = config.store.url
+    if url is None:
+        return config.data_dir / "state.db"
+    if url.startswith("sqlite://"):
+        raw = url[len("sqlite://") :]
+        if raw.startswith("//"):
+            raw = "/" + raw.lstrip("/")
+        return config.path(raw)
+    return None
 
 
 def open_store(config: SchedulerConfig) -> Store:
-    """The store named by ``config.store.url``."""
-    url = config.store.url
+    """Open the store named by ``config.store.url``."""
+    url = config.store.url or "sqlite://"
     if url.startswith("memory://"):
-        return MemoryStore(config.store.history_max_runs_per_task)
-    raise ConfigError(f"unsupported store {url!r}", source=config.source, key="store.url")
+        return MemoryStore(config.history.max_runs_per_task or 1000)
+    path = store_path(config)
+    if path is not None:
+        return SQLiteStore(path)
+    raise ConfigError(f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Claim",
+    "NodeInfo",
     "ConcurrencyPolicy",
     "NextFire",
     "Retry",
@@ -30,6 +31,10 @@ __all__ = [
     "decide",
     "new_run_id",
 ]
+
+# A SCHEDULED row (retry, manual run) that must wait - task paused or at
+# max_instances - is looked at again after this many seconds; it is never dropped.
+WAIT_SECONDS = 1.0
 
 # How many missed occurrences of one task a claim lists one by one; past that the
 # rest are summarised in a single MISSED record (a 1-second job down for a day
@@ -131,6 +136,26 @@ class TaskDefinition:
     max_instances: int = 1
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.FORBID
     max_runs: int | None = None
+    name: str = ""  # for people: the CLI's list and show
+    schedule: str = ""  # the rule in words
+
+    def options(self) -> dict[str, Any]:
+        """The claim options as JSON-able data (stores persist them)."""
+        return {
+            "misfire_grace_time": self.misfire_grace_time,
+            "coalesce": self.coalesce,
+            "catch_up": self.catch_up,
+            "max_instances": self.max_instances,
+            "concurrency_policy": self.concurrency_policy.value,
+            "max_runs": self.max_runs,
+            "name": self.name,
+            "schedule": self.schedule,
+        }
+
+    @classmethod
+    def from_options(cls, task_id: str, fingerprint: str, options: dict[str, Any]) -> TaskDefinition:
+        policy = ConcurrencyPolicy(options.pop("concurrency_policy", "forbid"))
+        return cls(task_id, fingerprint, None, concurrency_policy=policy, **options)
 
 
 @dataclass
@@ -139,6 +164,8 @@ class TaskState:
 
     task_id: str
     fingerprint: str = ""
+    name: str = ""
+    schedule: str = ""
     next_run_at: datetime | None = None
     paused: bool = False
     finished: bool = False
@@ -154,6 +181,28 @@ class TaskState:
     last_state: RunState | None = None
     last_error: str | None = None
     last_duration: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "name": self.name,
+            "schedule": self.schedule,
+            "next_run_at": _iso(self.next_run_at),
+            "paused": self.paused,
+            "finished": self.finished,
+            "run_count": self.run_count,
+            "success_count": self.success_count,
+            "failure_count": self.failure_count,
+            "retry_count": self.retry_count,
+            "missed_count": self.missed_count,
+            "skipped_count": self.skipped_count,
+            "interrupted_count": self.interrupted_count,
+            "average_duration": self.total_duration / self.run_count if self.run_count else None,
+            "last_run_at": _iso(self.last_run_at),
+            "last_state": self.last_state.value if self.last_state else None,
+            "last_error": self.last_error,
+            "last_duration": self.last_duration,
+        }
 
     def count(self, record: RunRecord, retried: bool) -> None:
         """Fold one final record into the counters."""
@@ -179,6 +228,30 @@ class TaskState:
         self.last_state = state
         self.last_error = record.error if state is not RunState.SUCCEEDED else None
         self.last_duration = record.duration
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A scheduler process using the store, as its heartbeat reports it."""
+
+    node_id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    config: str | None = None
+    store: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": _iso(self.started_at),
+            "heartbeat_at": _iso(self.heartbeat_at),
+            "config": self.config,
+            "store": self.store,
+        }
 
 
 @dataclass(frozen=True)
@@ -235,14 +308,15 @@ def decide(
         due.append(fire)
         fire = next_fire(definition.task_id, fire)
     overflow = fire is not None and fire <= now
+    first_unlisted = fire
     if overflow:
         fire = next_fire(definition.task_id, now)
     grace = definition.misfire_grace_time
     timely = [when for when in due if grace is None or (now - when).total_seconds() <= grace]
     late = [when for when in due if when not in timely]
     missed = [(when, f"missed by {(now - when).total_seconds():.3f}s (misfire_grace_time={grace}s)") for when in late]
-    if overflow:
-        missed.append((due[-1], f"and more occurrences missed until {now.isoformat()}"))
+    if overflow and first_unlisted is not None:
+        missed.append((first_unlisted, f"this and further occurrences missed until {now.isoformat()}"))
     to_run: datetime | None = None
     if timely:
         to_run = timely[-1]
@@ -268,52 +342,76 @@ def decide(
     return Decision(to_run, missed, None, fire)
 
 
-def record_for(task_id: str, when: datetime, state: RunState, node: str, error: str | None = None) -> RunRecord:
-    return RunRecord(new_run_id(), task_id, when, state, node=node, error=error)
+def record_for(task_id: str, when: datetime, state: RunState, node: str, error: str, now: datetime) -> RunRecord:
+    """A final MISSED/SKIPPED record decided at ``now``."""
+    return RunRecord(new_run_id(), task_id, when, state, node=node, error=error, finished_at=now)
 
 
 class Store(Protocol):
-    """The narrow contract the scheduler uses for all state. Thread-safe.
+    """The narrow contract the scheduler (and the CLI) use for all state.
 
-    Every method is one transaction. Times are aware UTC datetimes.
+    Thread-safe; every method is one transaction; times are aware UTC datetimes.
+    Unknown task ids raise TaskNotFoundError where a method names one task.
     """
+
+    location: str  # where the state lives, for people ("memory", a file path, a URL)
 
     def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
         """Register or update tasks. A new task, or one whose fingerprint changed, gets
         ``next_run_at = first_fire``; an unchanged one keeps its state (counts, pause,
-        next_run_at). Returns the states of the given tasks."""
+        next_run_at, finished). A removed task comes back with its old counters.
+        Returns the states of the given tasks."""
 
     def remove_tasks(self, task_ids: Iterable[str]) -> None:
-        """Drop tasks from the schedule; their history is kept."""
+        """Drop tasks from the schedule; their state and history are kept."""
 
-    def claim_due(self, now: datetime, limit: int, node: str, next_fire: NextFire) -> Claim:
-        """Take up to ``limit`` due occurrences (tasks whose ``next_run_at <= now`` and
-        SCHEDULED rows - retries, manual triggers - with ``due_at <= now``) of unpaused,
+    def claim_due(self, now: datetime, limit: int, node: str, lease_until: datetime, next_fire: NextFire) -> Claim:
+        """Take up to ``limit`` due occurrences - tasks whose ``next_run_at <= now`` and
+        SCHEDULED rows (retries, manual runs) whose ``due_at <= now`` - of unpaused,
         unfinished tasks; apply `decide`; advance ``next_run_at``; insert the RUNNING
-        rows and the final MISSED/SKIPPED rows. Never returns an occurrence twice."""
+        rows (leased to ``node`` until ``lease_until``) and the final MISSED/SKIPPED
+        rows. A SCHEDULED row that must wait is looked at again after WAIT_SECONDS.
+        Never hands out an occurrence twice."""
 
     def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
         """Store final outcomes of RUNNING rows, update counters, insert retries as
         SCHEDULED rows, and mark ONCE/max_runs tasks finished."""
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
-        """Pause or resume; raises TaskNotFoundError. Resuming recomputes nothing: a
-        next_run_at in the past then follows the misfire rules."""
+        """Pause or resume. Resuming recomputes nothing: a next_run_at in the past
+        then follows the misfire rules."""
 
-    def request_run(self, task_id: str, due_at: datetime, node: str) -> RunRecord:
-        """Insert a manual SCHEDULED occurrence due at ``due_at``; raises TaskNotFoundError."""
+    def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
+        """Insert a manual SCHEDULED occurrence due at ``due_at``."""
+
+    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
+        """Record that ``node`` is alive and extend the leases of its ``run_ids``."""
+
+    def reap(self, now: datetime) -> list[RunRecord]:
+        """RUNNING rows whose lease expired before ``now`` (their node died) become
+        INTERRUPTED; returns them."""
+
+    def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
+        """``node`` is gone: its RUNNING rows become INTERRUPTED and its node row is
+        deleted; returns the interrupted records."""
+
+    def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
+        """Delete final history older than ``older_than`` and beyond the newest
+        ``keep_per_task`` of each task; returns how many rows went."""
 
     def task_states(self) -> dict[str, TaskState]:
-        """Every registered task's state."""
+        """Every scheduled (not removed) task's state."""
 
-    def running(self) -> list[RunRecord]:
-        """The RUNNING and SCHEDULED rows."""
+    def active_runs(self) -> list[RunRecord]:
+        """The SCHEDULED and RUNNING rows."""
 
-    def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
+    def history(
+        self, task_id: str | None = None, state: RunState | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         """Final records, newest first."""
 
-    def interrupt_running(self, node: str | None, now: datetime, reason: str) -> list[RunRecord]:
-        """Mark this node's RUNNING rows (all nodes' if None) INTERRUPTED; return them."""
+    def nodes(self) -> list[NodeInfo]:
+        """The nodes that sent a heartbeat and did not leave."""
 
     def close(self) -> None:
         """Release connections; idempotent."""

@@ -1,19 +1,22 @@
 """An in-process store: a heap of due times and bounded history. Nothing survives
-the process; use it for tests and for schedules that are rebuilt at every start."""
+the process and no other process can see it: use it for tests and for schedules
+that are rebuilt at every start (``"store": {"url": "memory://"}``)."""
 
 from __future__ import annotations
 
 import heapq
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from task_scheduler.errors import TaskNotFoundError
 from task_scheduler.stores.base import (
+    WAIT_SECONDS,
     Claim,
     NextFire,
+    NodeInfo,
     Retry,
     RunRecord,
     RunState,
@@ -28,18 +31,22 @@ from task_scheduler.stores.base import (
 class MemoryStore:
     """The `Store` contract in memory. ``max_history_per_task`` bounds the history."""
 
+    location = "memory"
+
     def __init__(self, max_history_per_task: int = 1000) -> None:
         self._lock = threading.Lock()
         self._definitions: dict[str, TaskDefinition] = {}
         self._states: dict[str, TaskState] = {}
+        self._removed: dict[str, TaskState] = {}
         # Lazy-deletion heap of (next_run_at, version, task_id): an entry is live only
         # while its version matches the task's, so a reschedule never searches the heap.
         self._heap: list[tuple[datetime, int, str]] = []
         self._versions: dict[str, int] = {}
-        self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id): SCHEDULED rows
-        self._waiting: dict[str, list[tuple[datetime, str, str]]] = {}  # wait for resume / a free instance
-        self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> row
+        self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
+        self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> SCHEDULED/RUNNING row
+        self._leases: dict[str, datetime] = {}
         self._history: dict[str, deque[RunRecord]] = {}
+        self._nodes: dict[str, NodeInfo] = {}
         self._max_history = max_history_per_task
 
     # -- registration ---------------------------------------------------------------
@@ -47,81 +54,85 @@ class MemoryStore:
         with self._lock:
             result = {}
             for definition in definitions:
-                state = self._states.get(definition.task_id)
+                task_id = definition.task_id
+                state = self._states.get(task_id) or self._removed.pop(task_id, None)
                 if state is None or state.fingerprint != definition.fingerprint:
-                    state = state or TaskState(definition.task_id)
+                    state = state or TaskState(task_id)
                     state.fingerprint = definition.fingerprint
                     state.next_run_at = definition.first_fire
                     state.finished = definition.first_fire is None
-                    self._states[definition.task_id] = state
-                self._definitions[definition.task_id] = definition
+                state.name, state.schedule = definition.name, definition.schedule
+                self._states[task_id] = state
+                self._definitions[task_id] = definition
                 self._push(state)
-                result[definition.task_id] = replace(state)
+                result[task_id] = replace(state)
             return result
 
     def remove_tasks(self, task_ids: Iterable[str]) -> None:
         with self._lock:
             for task_id in task_ids:
                 self._definitions.pop(task_id, None)
-                self._states.pop(task_id, None)
-                self._active.pop(task_id, None)
-                self._waiting.pop(task_id, None)
+                state = self._states.pop(task_id, None)
+                if state is not None:
+                    self._removed[task_id] = state
                 self._versions[task_id] = self._versions.get(task_id, 0) + 1
 
     # -- claiming -------------------------------------------------------------------
-    def claim_due(self, now: datetime, limit: int, node: str, next_fire: NextFire) -> Claim:
+    def claim_due(self, now: datetime, limit: int, node: str, lease_until: datetime, next_fire: NextFire) -> Claim:
         claim = Claim()
+        waiting = []
         with self._lock:
             while self._pending and self._pending[0][0] <= now and len(claim.runs) < limit:
                 entry = heapq.heappop(self._pending)
-                if not self._claim_pending(entry[1], entry[2], node, claim):
-                    # A retry or manual run is never dropped: it waits until the task
-                    # is resumed or an instance finishes.
-                    self._waiting.setdefault(entry[2], []).append(entry)
+                if not self._claim_pending(entry[1], entry[2], node, lease_until, claim):
+                    waiting.append((now + timedelta(seconds=WAIT_SECONDS), entry[1], entry[2]))
             while self._heap and self._heap[0][0] <= now and len(claim.runs) < limit:
                 _, version, task_id = heapq.heappop(self._heap)
                 if self._versions.get(task_id) == version:
-                    self._claim_task(task_id, now, node, next_fire, claim)
+                    self._claim_task(task_id, now, node, lease_until, next_fire, claim)
+            for entry in waiting:
+                heapq.heappush(self._pending, entry)
             claim.more = len(claim.runs) >= limit
             claim.next_due = self._next_due()
         return claim
 
-    def _claim_pending(self, run_id: str, task_id: str, node: str, claim: Claim) -> bool:
+    def _claim_pending(self, run_id: str, task_id: str, node: str, lease_until: datetime, claim: Claim) -> bool:
         """Start one SCHEDULED row; False when it has to wait."""
-        if run_id not in self._active.get(task_id, {}):
+        rows = self._active.get(task_id, {})
+        if run_id not in rows:
             return True  # its task was removed
         definition = self._definitions.get(task_id)
-        state = self._states.get(task_id)
-        if definition is None or state is None:
-            del self._active[task_id][run_id]
+        if definition is None:
+            del rows[run_id]
             return True
-        if state.paused or self._running_count(task_id) >= definition.max_instances:
+        if self._states[task_id].paused or self._running_count(task_id) >= definition.max_instances:
             return False
-        record = self._active[task_id][run_id]
+        record = rows[run_id]
         record.state, record.node = RunState.RUNNING, node
+        self._leases[run_id] = lease_until
         claim.runs.append(replace(record))
         return True
 
-    def _claim_task(self, task_id: str, now: datetime, node: str, next_fire: NextFire, claim: Claim) -> None:
+    def _claim_task(
+        self, task_id: str, now: datetime, node: str, lease_until: datetime, next_fire: NextFire, claim: Claim
+    ) -> None:
         state = self._states[task_id]
-        definition = self._definitions[task_id]
         if state.paused or state.finished or state.next_run_at is None:
             return
-        decision = decide(definition, state, now, self._running_count(task_id), next_fire)
+        decision = decide(self._definitions[task_id], state, now, self._running_count(task_id), next_fire)
         state.next_run_at = decision.next_run_at
-        final = [record_for(task_id, when, RunState.MISSED, node, reason) for when, reason in decision.missed]
+        final = [record_for(task_id, when, RunState.MISSED, node, reason, now) for when, reason in decision.missed]
         if decision.skipped is not None:
-            final.append(record_for(task_id, decision.skipped[0], RunState.SKIPPED, node, decision.skipped[1]))
+            final.append(record_for(task_id, decision.skipped[0], RunState.SKIPPED, node, decision.skipped[1], now))
         for record in final:
             self._record_final(record)
         claim.recorded.extend(final)
         if decision.run is not None:
             if decision.replace:
-                claim.replace += [
-                    r.run_id for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING
-                ]
+                claim.replace += [r.run_id for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING]
             record = RunRecord(new_run_id(), task_id, decision.run, RunState.RUNNING, node=node)
             self._active.setdefault(task_id, {})[record.run_id] = record
+            self._leases[record.run_id] = lease_until
             claim.runs.append(replace(record))
         self._settle(state)
 
@@ -131,22 +142,18 @@ class MemoryStore:
             retried = {retry.record.run_id for retry in retries}
             for record in records:
                 self._active.get(record.task_id, {}).pop(record.run_id, None)
+                self._leases.pop(record.run_id, None)
                 self._record_final(record, retried=record.run_id in retried)
             for retry in retries:
+                previous = retry.record
                 again = RunRecord(
-                    new_run_id(),
-                    retry.record.task_id,
-                    retry.record.scheduled_for,
-                    RunState.SCHEDULED,
-                    attempt=retry.record.attempt + 1,
-                    manual=retry.record.manual,
-                )
+                    new_run_id(), previous.task_id, previous.scheduled_for, RunState.SCHEDULED,
+                    attempt=previous.attempt + 1, manual=previous.manual,
+                )  # fmt: skip
                 self._add_pending(again, retry.due_at)
             for task_id in {record.task_id for record in records}:
-                state = self._states.get(task_id)
-                if state is not None:
-                    self._settle(state)
-                    self._wake_waiting(task_id)
+                if task_id in self._states:
+                    self._settle(self._states[task_id])
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
         with self._lock:
@@ -155,11 +162,9 @@ class MemoryStore:
                 raise TaskNotFoundError(task_id)
             state.paused = paused
             self._push(state)
-            if not paused:
-                self._wake_waiting(task_id)
             return replace(state)
 
-    def request_run(self, task_id: str, due_at: datetime, node: str) -> RunRecord:
+    def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
         with self._lock:
             if task_id not in self._states:
                 raise TaskNotFoundError(task_id)
@@ -167,24 +172,53 @@ class MemoryStore:
             self._add_pending(record, due_at)
             return replace(record)
 
-    def interrupt_running(self, node: str | None, now: datetime, reason: str) -> list[RunRecord]:
+    # -- nodes and leases -----------------------------------------------------------
+    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
         with self._lock:
-            interrupted = []
-            for rows in self._active.values():
-                for record in list(rows.values()):
-                    if record.state is RunState.RUNNING and (node is None or record.node == node):
-                        del rows[record.run_id]
-                        final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
-                        self._record_final(final)
-                        interrupted.append(final)
-            return interrupted
+            self._nodes[node.node_id] = node
+            for run_id in run_ids:
+                if run_id in self._leases:
+                    self._leases[run_id] = lease_until
+
+    def reap(self, now: datetime) -> list[RunRecord]:
+        with self._lock:
+            expired = {run_id for run_id, until in self._leases.items() if until < now}
+            return self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")
+
+    def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
+        with self._lock:
+            self._nodes.pop(node, None)
+            return self._interrupt(lambda r: r.node == node, now, reason)
+
+    def _interrupt(self, which: Callable[[RunRecord], bool], now: datetime, reason: str) -> list[RunRecord]:
+        interrupted = []
+        for rows in self._active.values():
+            for record in list(rows.values()):
+                if record.state is RunState.RUNNING and which(record):
+                    del rows[record.run_id]
+                    self._leases.pop(record.run_id, None)
+                    final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
+                    self._record_final(final)
+                    interrupted.append(final)
+        return interrupted
+
+    def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
+        with self._lock:
+            removed = 0
+            for task_id, pool in self._history.items():
+                kept = [r for r in pool if older_than is None or (r.finished_at or r.scheduled_for) >= older_than]
+                if keep_per_task is not None:
+                    kept = kept[-keep_per_task:] if keep_per_task else []
+                removed += len(pool) - len(kept)
+                self._history[task_id] = deque(kept, maxlen=self._max_history)
+            return removed
 
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
         with self._lock:
             return {task_id: replace(state) for task_id, state in self._states.items()}
 
-    def running(self) -> list[RunRecord]:
+    def active_runs(self) -> list[RunRecord]:
         with self._lock:
             return [replace(record) for rows in self._active.values() for record in rows.values()]
 
@@ -195,24 +229,23 @@ class MemoryStore:
         records.sort(key=lambda r: (r.finished_at or r.scheduled_for, r.scheduled_for), reverse=True)
         return records[:limit]
 
+    def nodes(self) -> list[NodeInfo]:
+        with self._lock:
+            return list(self._nodes.values())
+
     def close(self) -> None:
         """Nothing to release."""
 
     # -- internals (lock held) ------------------------------------------------------
     def _record_final(self, record: RunRecord, retried: bool = False) -> None:
         self._history.setdefault(record.task_id, deque(maxlen=self._max_history)).append(record)
-        state = self._states.get(record.task_id)
+        state = self._states.get(record.task_id) or self._removed.get(record.task_id)
         if state is not None:
             state.count(record, retried)
 
     def _add_pending(self, record: RunRecord, due_at: datetime) -> None:
         self._active.setdefault(record.task_id, {})[record.run_id] = record
         heapq.heappush(self._pending, (due_at, record.run_id, record.task_id))
-
-    def _wake_waiting(self, task_id: str) -> None:
-        """Make the SCHEDULED rows of ``task_id`` that waited due again."""
-        for entry in self._waiting.pop(task_id, []):
-            heapq.heappush(self._pending, entry)
 
     def _settle(self, state: TaskState) -> None:
         """Mark a task with no next fire and nothing pending finished; re-heap it."""

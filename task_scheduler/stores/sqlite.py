@@ -1,0 +1,542 @@
+"""The default store: one SQLite file (WAL mode), shared safely by the service and
+CLI processes on the same host.
+
+Every method is one transaction; writers take the lock up front (``BEGIN
+IMMEDIATE``) and wait up to ``busy_timeout`` for each other, so concurrent CLI calls
+never fail a claim and never see half a claim. Times are stored as integer
+microseconds since the epoch (exact, indexable). The schema is versioned with
+``PRAGMA user_version`` and migrated on open; the file is created mode 0600.
+
+A database that is not a SQLite file (or is corrupt) fails at open with a
+`StoreError` that says how to move it aside; the service then starts with an empty
+state in a new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from task_scheduler.errors import StoreError, TaskNotFoundError
+from task_scheduler.stores.base import (
+    WAIT_SECONDS,
+    Claim,
+    NextFire,
+    NodeInfo,
+    Retry,
+    RunRecord,
+    RunState,
+    TaskDefinition,
+    TaskState,
+    decide,
+    new_run_id,
+    record_for,
+)
+
+__all__ = ["SQLiteStore"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+_MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE tasks (
+        task_id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        options TEXT NOT NULL,
+        next_run_at INTEGER,
+        paused INTEGER NOT NULL DEFAULT 0,
+        finished INTEGER NOT NULL DEFAULT 0,
+        removed INTEGER NOT NULL DEFAULT 0,
+        run_count INTEGER NOT NULL DEFAULT 0,
+        success_count INTEGER NOT NULL DEFAULT 0,
+        failure_count INTEGER NOT NULL DEFAULT 0,
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        missed_count INTEGER NOT NULL DEFAULT 0,
+        skipped_count INTEGER NOT NULL DEFAULT 0,
+        interrupted_count INTEGER NOT NULL DEFAULT 0,
+        total_duration REAL NOT NULL DEFAULT 0,
+        last_run_at INTEGER,
+        last_state TEXT,
+        last_error TEXT,
+        last_duration REAL
+    );
+    CREATE INDEX tasks_due ON tasks (next_run_at) WHERE paused = 0 AND finished = 0 AND removed = 0;
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        scheduled_for INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        due_at INTEGER,
+        lease_until INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        exit_code INTEGER,
+        error TEXT,
+        output TEXT,
+        node TEXT,
+        manual INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_pending ON runs (due_at) WHERE state = 'scheduled';
+    CREATE INDEX runs_running ON runs (task_id) WHERE state = 'running';
+    CREATE INDEX runs_history ON runs (task_id, finished_at);
+    CREATE INDEX runs_finished ON runs (finished_at);
+    -- An occurrence is claimed once: the same (task, time, attempt) cannot be inserted twice.
+    CREATE UNIQUE INDEX runs_occurrence ON runs (task_id, scheduled_for, attempt) WHERE manual = 0;
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        config TEXT,
+        store TEXT
+    );
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_TASK_COLUMNS = (
+    "task_id, fingerprint, options, next_run_at, paused, finished, run_count, success_count, failure_count, "
+    "retry_count, missed_count, skipped_count, interrupted_count, total_duration, last_run_at, last_state, "
+    "last_error, last_duration"
+)
+_RUN_COLUMNS = (
+    "run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual"
+)
+_LIVE = "paused = 0 AND finished = 0 AND removed = 0"
+
+
+def _to_db(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_db(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + value * _MICROSECOND
+
+
+class SQLiteStore:
+    """The `Store` contract on one SQLite file. ``path`` is created if missing."""
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        self._lock = threading.RLock()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open the state database {self.path}: {exc}. If the file is damaged, stop the "
+                f"service and move it aside (mv {self.path} {self.path}.broken); the service then starts "
+                "with an empty state (schedules come from the config again, history and counters are lost)."
+            ) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create the state database {self.path}: {exc.strerror}") from exc
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this task_scheduler supports "
+                    f"({SCHEMA_VERSION}); upgrade task_scheduler or use another state file"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the state database {self.path} is closed")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- registration ---------------------------------------------------------------
+    def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
+        with self._transaction() as db:
+            existing = self._states(db, [d.task_id for d in definitions], include_removed=True)
+            rows = []
+            for definition in definitions:
+                state = existing.get(definition.task_id)
+                options = json.dumps(definition.options())
+                if state is None:
+                    rows.append((definition, options, "insert"))
+                elif state.fingerprint != definition.fingerprint:
+                    rows.append((definition, options, "reschedule"))
+                else:
+                    rows.append((definition, options, "keep"))
+            db.executemany(
+                "INSERT INTO tasks (task_id, fingerprint, options, next_run_at, finished) VALUES (?, ?, ?, ?, ?)",
+                [(d.task_id, d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None) for d, o, k in rows if k == "insert"],
+            )
+            db.executemany(
+                "UPDATE tasks SET fingerprint = ?, options = ?, next_run_at = ?, finished = ?, removed = 0 WHERE task_id = ?",
+                [(d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None, d.task_id) for d, o, k in rows if k == "reschedule"],
+            )
+            db.executemany(
+                "UPDATE tasks SET options = ?, removed = 0 WHERE task_id = ?",
+                [(o, d.task_id) for d, o, k in rows if k == "keep"],
+            )
+            return self._states(db, [d.task_id for d in definitions])
+
+    def remove_tasks(self, task_ids: Iterable[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("UPDATE tasks SET removed = 1 WHERE task_id = ?", [(t,) for t in task_ids])
+
+    # -- claiming -------------------------------------------------------------------
+    def claim_due(self, now: datetime, limit: int, node: str, lease_until: datetime, next_fire: NextFire) -> Claim:
+        claim = Claim()
+        now_db, lease_db = _to_db(now), _to_db(lease_until)
+        with self._transaction() as db:
+            running = self._running_counts(db)
+            pending = db.execute(
+                f"SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
+                f"WHERE r.state = 'scheduled' AND r.due_at <= ? AND t.removed = 0 ORDER BY r.due_at LIMIT ?",
+                (now_db, limit),
+            ).fetchall()
+            for run_id, task_id, paused, options in pending:
+                if paused or running.get(task_id, 0) >= json.loads(options)["max_instances"]:
+                    db.execute("UPDATE runs SET due_at = ? WHERE run_id = ?", (_to_db(now + timedelta(seconds=WAIT_SECONDS)), run_id))
+                    continue
+                db.execute(
+                    "UPDATE runs SET state = 'running', node = ?, lease_until = ? WHERE run_id = ?",
+                    (node, lease_db, run_id),
+                )
+                running[task_id] = running.get(task_id, 0) + 1
+                claim.runs.append(self._run(db, run_id))
+            due = db.execute(
+                f"SELECT task_id FROM tasks WHERE {_LIVE} AND next_run_at <= ? ORDER BY next_run_at LIMIT ?",
+                (now_db, max(0, limit - len(claim.runs))),
+            ).fetchall()
+            states = self._states(db, [task_id for (task_id,) in due])
+            definitions = self._definitions(db, list(states))
+            for task_id, state in states.items():
+                self._claim_task(db, definitions[task_id], state, now, node, lease_db, running, next_fire, claim)
+            claim.more = len(claim.runs) >= limit
+            claim.next_due = self._next_due(db)
+        return claim
+
+    def _claim_task(
+        self,
+        db: sqlite3.Connection,
+        definition: TaskDefinition,
+        state: TaskState,
+        now: datetime,
+        node: str,
+        lease_db: int | None,
+        running: dict[str, int],
+        next_fire: NextFire,
+        claim: Claim,
+    ) -> None:
+        task_id = state.task_id
+        decision = decide(definition, state, now, running.get(task_id, 0), next_fire)
+        final = [record_for(task_id, when, RunState.MISSED, node, reason, now) for when, reason in decision.missed]
+        if decision.skipped is not None:
+            final.append(record_for(task_id, decision.skipped[0], RunState.SKIPPED, node, decision.skipped[1], now))
+        for record in final:
+            state.count(record, retried=False)
+        self._insert_runs(db, final)
+        claim.recorded.extend(final)
+        if decision.run is not None:
+            if decision.replace:
+                claim.replace += [
+                    run_id
+                    for (run_id,) in db.execute(
+                        "SELECT run_id FROM runs WHERE task_id = ? AND state = 'running'", (task_id,)
+                    )
+                ]
+            record = RunRecord(new_run_id(), task_id, decision.run, RunState.RUNNING, node=node)
+            self._insert_runs(db, [record], lease_db)
+            running[task_id] = running.get(task_id, 0) + 1
+            claim.runs.append(record)
+        state.next_run_at = decision.next_run_at
+        if state.next_run_at is None and decision.run is None and not running.get(task_id):
+            state.finished = not self._has_pending(db, task_id)
+        self._write_states(db, [state])
+
+    # -- outcomes -------------------------------------------------------------------
+    def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
+        if not records and not retries:
+            return
+        retried = {retry.record.run_id for retry in retries}
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE runs SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, error = ?, output = ?, "
+                "lease_until = NULL, due_at = NULL WHERE run_id = ?",
+                [
+                    (r.state.value, _to_db(r.started_at), _to_db(r.finished_at), r.exit_code, r.error, r.output, r.run_id)
+                    for r in records
+                ],
+            )
+            states = self._states(db, list({r.task_id for r in records}), include_removed=True)
+            for record in records:
+                if record.task_id in states:
+                    states[record.task_id].count(record, record.run_id in retried)
+            again = [
+                (
+                    RunRecord(
+                        new_run_id(), retry.record.task_id, retry.record.scheduled_for, RunState.SCHEDULED,
+                        attempt=retry.record.attempt + 1, manual=retry.record.manual,
+                    ),
+                    retry.due_at,
+                )
+                for retry in retries
+            ]  # fmt: skip
+            for record, due_at in again:
+                self._insert_runs(db, [record], due_at=_to_db(due_at))
+            for state in states.values():
+                if state.next_run_at is None:
+                    state.finished = not self._has_active(db, state.task_id)
+            self._write_states(db, list(states.values()))
+
+    def set_paused(self, task_id: str, paused: bool) -> TaskState:
+        with self._transaction() as db:
+            changed = db.execute("UPDATE tasks SET paused = ? WHERE task_id = ? AND removed = 0", (paused, task_id))
+            if changed.rowcount == 0:
+                raise TaskNotFoundError(task_id)
+            return self._states(db, [task_id])[task_id]
+
+    def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
+        with self._transaction() as db:
+            if not db.execute("SELECT 1 FROM tasks WHERE task_id = ? AND removed = 0", (task_id,)).fetchone():
+                raise TaskNotFoundError(task_id)
+            record = RunRecord(new_run_id(), task_id, due_at, RunState.SCHEDULED, node=node, manual=True)
+            self._insert_runs(db, [record], due_at=_to_db(due_at))
+            return record
+
+    # -- nodes and leases -----------------------------------------------------------
+    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO nodes (node_id, host, pid, started_at, heartbeat_at, config, store) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (node.node_id, node.host, node.pid, _to_db(node.started_at), _to_db(node.heartbeat_at), node.config, node.store),
+            )
+            db.executemany(
+                "UPDATE runs SET lease_until = ? WHERE run_id = ? AND state = 'running'",
+                [(_to_db(lease_until), run_id) for run_id in run_ids],
+            )
+
+    def reap(self, now: datetime) -> list[RunRecord]:
+        with self._transaction() as db:
+            run_ids = [
+                run_id
+                for (run_id,) in db.execute(
+                    "SELECT run_id FROM runs WHERE state = 'running' AND lease_until < ?", (_to_db(now),)
+                )
+            ]
+            return self._interrupt(db, run_ids, now, "its node stopped renewing the lease (the process died?)")
+
+    def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
+        with self._transaction() as db:
+            db.execute("DELETE FROM nodes WHERE node_id = ?", (node,))
+            run_ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE state = 'running' AND node = ?", (node,))]
+            return self._interrupt(db, run_ids, now, reason)
+
+    def _interrupt(self, db: sqlite3.Connection, run_ids: list[str], now: datetime, reason: str) -> list[RunRecord]:
+        records = [self._run(db, run_id) for run_id in run_ids]
+        for record in records:
+            record.state, record.finished_at, record.error = RunState.INTERRUPTED, now, reason
+        db.executemany(
+            "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ?, lease_until = NULL WHERE run_id = ?",
+            [(_to_db(now), reason, record.run_id) for record in records],
+        )
+        states = self._states(db, list({r.task_id for r in records}), include_removed=True)
+        for record in records:
+            if record.task_id in states:
+                states[record.task_id].count(record, retried=False)
+        self._write_states(db, list(states.values()))
+        return records
+
+    def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
+        final = "state NOT IN ('scheduled', 'running')"
+        with self._transaction() as db:
+            removed = 0
+            if older_than is not None:
+                removed += db.execute(f"DELETE FROM runs WHERE {final} AND finished_at < ?", (_to_db(older_than),)).rowcount
+            if keep_per_task is not None:
+                removed += db.execute(
+                    f"DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
+                    f"(PARTITION BY task_id ORDER BY finished_at DESC) AS n FROM runs WHERE {final}) WHERE n > ?)",
+                    (keep_per_task,),
+                ).rowcount
+            return removed
+
+    # -- queries --------------------------------------------------------------------
+    def task_states(self) -> dict[str, TaskState]:
+        with self._transaction() as db:
+            return self._states(db, None)
+
+    def active_runs(self) -> list[RunRecord]:
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('scheduled', 'running')").fetchall()
+            return [_record(row) for row in rows]
+
+    def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
+        clauses, values = ["state NOT IN ('scheduled', 'running')"], []
+        if task_id is not None:
+            clauses.append("task_id = ?")
+            values.append(task_id)
+        if state is not None:
+            clauses.append("state = ?")
+            values.append(state.value)
+        query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} ORDER BY finished_at DESC, scheduled_for DESC LIMIT ?"
+        with self._transaction() as db:
+            return [_record(row) for row in db.execute(query, (*values, limit))]
+
+    def nodes(self) -> list[NodeInfo]:
+        with self._transaction() as db:
+            rows = db.execute("SELECT node_id, host, pid, started_at, heartbeat_at, config, store FROM nodes").fetchall()
+        return [
+            NodeInfo(node_id, host, pid, _from_db(started), _from_db(beat), config, store)  # type: ignore[arg-type]
+            for node_id, host, pid, started, beat, config, store in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    # -- internals (in a transaction) -----------------------------------------------
+    def _states(self, db: sqlite3.Connection, task_ids: list[str] | None, include_removed: bool = False) -> dict[str, TaskState]:
+        where = "" if include_removed else "removed = 0"
+        if task_ids is not None:
+            if not task_ids:
+                return {}
+            marks = ",".join("?" * len(task_ids))
+            where = f"task_id IN ({marks})" + (" AND removed = 0" if not include_removed else "")
+        query = f"SELECT {_TASK_COLUMNS} FROM tasks" + (f" WHERE {where}" if where else "")
+        return {row[0]: _state(row) for row in db.execute(query, task_ids or ())}
+
+    def _definitions(self, db: sqlite3.Connection, task_ids: list[str]) -> dict[str, TaskDefinition]:
+        if not task_ids:
+            return {}
+        marks = ",".join("?" * len(task_ids))
+        rows = db.execute(f"SELECT task_id, fingerprint, options FROM tasks WHERE task_id IN ({marks})", task_ids)
+        return {task_id: TaskDefinition.from_options(task_id, fp, json.loads(options)) for task_id, fp, options in rows}
+
+    def _write_states(self, db: sqlite3.Connection, states: list[TaskState]) -> None:
+        db.executemany(
+            "UPDATE tasks SET next_run_at = ?, finished = ?, run_count = ?, success_count = ?, failure_count = ?, "
+            "retry_count = ?, missed_count = ?, skipped_count = ?, interrupted_count = ?, total_duration = ?, "
+            "last_run_at = ?, last_state = ?, last_error = ?, last_duration = ? WHERE task_id = ?",
+            [
+                (
+                    _to_db(s.next_run_at), s.finished, s.run_count, s.success_count, s.failure_count,
+                    s.retry_count, s.missed_count, s.skipped_count, s.interrupted_count, s.total_duration,
+                    _to_db(s.last_run_at), s.last_state.value if s.last_state else None, s.last_error,
+                    s.last_duration, s.task_id,
+                )
+                for s in states
+            ],
+        )  # fmt: skip
+
+    def _insert_runs(
+        self, db: sqlite3.Connection, records: list[RunRecord], lease_db: int | None = None, due_at: int | None = None
+    ) -> None:
+        db.executemany(
+            f"INSERT INTO runs ({_RUN_COLUMNS}, due_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.run_id, r.task_id, _to_db(r.scheduled_for), r.state.value, r.attempt, _to_db(r.started_at),
+                    _to_db(r.finished_at), r.exit_code, r.error, r.output, r.node, r.manual, due_at, lease_db,
+                )
+                for r in records
+            ],
+        )  # fmt: skip
+
+    def _run(self, db: sqlite3.Connection, run_id: str) -> RunRecord:
+        return _record(db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+
+    def _running_counts(self, db: sqlite3.Connection) -> dict[str, int]:
+        rows = db.execute("SELECT task_id, COUNT(*) FROM runs WHERE state = 'running' GROUP BY task_id")
+        return dict(rows.fetchall())
+
+    def _has_pending(self, db: sqlite3.Connection, task_id: str) -> bool:
+        query = "SELECT 1 FROM runs WHERE task_id = ? AND state = 'scheduled' LIMIT 1"
+        return db.execute(query, (task_id,)).fetchone() is not None
+
+    def _has_active(self, db: sqlite3.Connection, task_id: str) -> bool:
+        query = "SELECT 1 FROM runs WHERE task_id = ? AND state IN ('scheduled', 'running') LIMIT 1"
+        return db.execute(query, (task_id,)).fetchone() is not None
+
+    def _next_due(self, db: sqlite3.Connection) -> datetime | None:
+        (task_due,) = db.execute(f"SELECT MIN(next_run_at) FROM tasks WHERE {_LIVE}").fetchone()
+        (run_due,) = db.execute("SELECT MIN(due_at) FROM runs WHERE state = 'scheduled'").fetchone()
+        candidates = [value for value in (task_due, run_due) if value is not None]
+        return _from_db(min(candidates)) if candidates else None
+
+
+def _state(row: tuple[Any, ...]) -> TaskState:
+    (
+        task_id, fingerprint, options, next_run_at, paused, finished, run_count, success_count, failure_count,
+        retry_count, missed_count, skipped_count, interrupted_count, total_duration, last_run_at, last_state,
+        last_error, last_duration,
+    ) = row  # fmt: skip
+    info = json.loads(options)
+    return TaskState(
+        task_id=task_id,
+        fingerprint=fingerprint,
+        name=info.get("name", ""),
+        schedule=info.get("schedule", ""),
+        next_run_at=_from_db(next_run_at),
+        paused=bool(paused),
+        finished=bool(finished),
+        run_count=run_count,
+        success_count=success_count,
+        failure_count=failure_count,
+        retry_count=retry_count,
+        missed_count=missed_count,
+        skipped_count=skipped_count,
+        interrupted_count=interrupted_count,
+        total_duration=total_duration,
+        last_run_at=_from_db(last_run_at),
+        last_state=RunState(last_state) if last_state else None,
+        last_error=last_error,
+        last_duration=last_duration,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual = row
+    return RunRecord(
+        run_id=run_id,
+        task_id=task_id,
+        scheduled_for=_from_db(scheduled_for),  # type: ignore[arg-type]
+        state=RunState(state),
+        attempt=attempt,
+        started_at=_from_db(started_at),
+        finished_at=_from_db(finished_at),
+        exit_code=exit_code,
+        error=error,
+        output=output,
+        node=node,
+        manual=bool(manual),
+    )

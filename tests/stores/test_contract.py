@@ -1,0 +1,247 @@
+"""One contract, every store: the same calls must mean the same thing."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from task_scheduler import MemoryStore, RunState, StoreError, TaskNotFoundError
+from task_scheduler.stores import SQLiteStore, Store
+from task_scheduler.stores.base import NodeInfo, Retry, TaskDefinition
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+NODE = "node-a"
+
+
+def every(seconds: float):  # type: ignore[no-untyped-def]
+    return lambda task_id, after: after + timedelta(seconds=seconds)
+
+
+def once(task_id: str, after: datetime) -> None:
+    return None
+
+
+def definition(task_id: str = "job", first: datetime | None = T0, fingerprint: str = "every 10s", **options: object) -> TaskDefinition:
+    return TaskDefinition(task_id, fingerprint, first, name=task_id.title(), schedule=fingerprint, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "state.db")
+    yield store
+    store.close()
+
+
+def claim(store: Store, now: datetime, next_fire=every(10), limit: int = 100):  # type: ignore[no-untyped-def]
+    return store.claim_due(now, limit, NODE, now + timedelta(seconds=30), next_fire)
+
+
+def test_sync_registers_keeps_and_reschedules(store: Store) -> None:
+    states = store.sync_tasks([definition()])
+    assert states["job"].next_run_at == T0 and states["job"].name == "Job"
+    store.set_paused("job", True)
+    kept = store.sync_tasks([definition(first=T0 + timedelta(hours=1))])  # same fingerprint: state kept
+    assert kept["job"].next_run_at == T0 and kept["job"].paused
+    changed = store.sync_tasks([definition(first=T0 + timedelta(hours=1), fingerprint="every 20s")])
+    assert changed["job"].next_run_at == T0 + timedelta(hours=1) and changed["job"].paused
+
+
+def test_an_occurrence_is_claimed_once(store: Store) -> None:
+    store.sync_tasks([definition()])
+    first = claim(store, T0)
+    assert [(r.task_id, r.scheduled_for, r.state) for r in first.runs] == [("job", T0, RunState.RUNNING)]
+    assert first.next_due == T0 + timedelta(seconds=10)
+    assert claim(store, T0).runs == []
+
+
+def test_concurrent_claimers_never_share_an_occurrence(store: Store) -> None:
+    store.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(50)])
+    got: list[tuple[str, datetime]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for step in range(20):
+            result = claim(store, T0 + timedelta(seconds=10 * step), limit=7)
+            with lock:
+                got.extend((r.task_id, r.scheduled_for) for r in result.runs)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == len(set(got))
+
+
+def test_finish_counts_and_finishes_once_tasks(store: Store) -> None:
+    store.sync_tasks([definition(fingerprint="once")])
+    [run] = claim(store, T0, next_fire=once).runs
+    run.state, run.started_at, run.finished_at = RunState.SUCCEEDED, T0, T0 + timedelta(seconds=2)
+    store.finish([run])
+    state = store.task_states()["job"]
+    assert (state.run_count, state.success_count, state.finished, state.next_run_at) == (1, 1, True, None)
+    assert state.total_duration == 2.0 and state.last_state is RunState.SUCCEEDED
+    [record] = store.history("job")
+    assert record.state is RunState.SUCCEEDED and record.duration == 2.0
+    assert claim(store, T0 + timedelta(days=1), next_fire=once).runs == []
+
+
+def test_retry_is_a_scheduled_row_claimed_when_due(store: Store) -> None:
+    store.sync_tasks([definition(fingerprint="once")])
+    [run] = claim(store, T0, next_fire=once).runs
+    run.state, run.finished_at, run.error = RunState.FAILED, T0, "boom"
+    store.finish([run], [Retry(run, T0 + timedelta(seconds=5))])
+    assert store.task_states()["job"].finished is False
+    assert claim(store, T0 + timedelta(seconds=4), next_fire=once).runs == []
+    [again] = claim(store, T0 + timedelta(seconds=5), next_fire=once).runs
+    assert (again.attempt, again.scheduled_for) == (2, T0)
+    state = store.task_states()["job"]
+    assert (state.retry_count, state.run_count, state.last_error) == (1, 0, "boom")
+
+
+def test_misfire_and_coalesce_are_recorded(store: Store) -> None:
+    store.sync_tasks([definition(misfire_grace_time=15)])
+    result = claim(store, T0 + timedelta(seconds=40))  # due: 0 (late), 10 (late), 20, 30, 40
+    assert [r.scheduled_for for r in result.runs] == [T0 + timedelta(seconds=40)]
+    missed = sorted(result.recorded, key=lambda r: r.scheduled_for)
+    assert [(r.state, (r.scheduled_for - T0).seconds) for r in missed] == [(RunState.MISSED, s) for s in (0, 10, 20, 30)]
+    assert "misfire_grace_time=15" in (missed[0].error or "") and "coalesced" in (missed[3].error or "")
+    assert store.task_states()["job"].missed_count == 4
+
+
+def test_catch_up_runs_the_latest_missed_occurrence(store: Store) -> None:
+    store.sync_tasks([definition(misfire_grace_time=1, catch_up=True)])
+    result = claim(store, T0 + timedelta(seconds=35))
+    assert [r.scheduled_for for r in result.runs] == [T0 + timedelta(seconds=30)]
+    assert len(result.recorded) == 3
+
+
+def test_max_instances_skip_and_pending_rows_wait(store: Store) -> None:
+    store.sync_tasks([definition()])
+    claim(store, T0)
+    second = claim(store, T0 + timedelta(seconds=10))
+    assert second.runs == [] and [r.state for r in second.recorded] == [RunState.SKIPPED]
+    manual = store.request_run("job", T0 + timedelta(seconds=11), None)
+    third = claim(store, T0 + timedelta(seconds=11))
+    assert third.runs == []  # waits for the instance, not dropped
+    assert any(r.run_id == manual.run_id and r.state is RunState.SCHEDULED for r in store.active_runs())
+
+
+def test_pause_and_unknown_tasks(store: Store) -> None:
+    store.sync_tasks([definition()])
+    store.set_paused("job", True)
+    assert claim(store, T0 + timedelta(seconds=5)).runs == []
+    with pytest.raises(TaskNotFoundError):
+        store.set_paused("nope", True)
+    with pytest.raises(TaskNotFoundError):
+        store.request_run("nope", T0, None)
+
+
+def test_removed_task_keeps_history_and_counters(store: Store) -> None:
+    store.sync_tasks([definition()])
+    [run] = claim(store, T0).runs
+    run.state, run.finished_at = RunState.SUCCEEDED, T0
+    store.finish([run])
+    store.remove_tasks(["job"])
+    assert "job" not in store.task_states() and claim(store, T0 + timedelta(hours=1)).runs == []
+    assert len(store.history("job")) == 1
+    assert store.sync_tasks([definition()])["job"].run_count == 1
+
+
+def test_leases_heartbeat_reap_and_leave(store: Store) -> None:
+    store.sync_tasks([definition("a"), definition("b")])
+    runs = {r.task_id: r for r in claim(store, T0).runs}
+    node = NodeInfo(NODE, "host", 123, T0, T0 + timedelta(seconds=20))
+    store.heartbeat(node, [runs["a"].run_id], T0 + timedelta(seconds=60))
+    [reaped] = store.reap(T0 + timedelta(seconds=45))  # b's lease (30 s) expired, a's was renewed
+    assert (reaped.task_id, reaped.state) == ("b", RunState.INTERRUPTED)
+    assert [n.node_id for n in store.nodes()] == [NODE]
+    [left] = store.leave(NODE, T0 + timedelta(seconds=50), "stopped")
+    assert (left.task_id, left.error) == ("a", "stopped") and store.nodes() == []
+    assert store.task_states()["a"].interrupted_count == 1 and store.active_runs() == []
+
+
+def test_prune_by_age_and_count(store: Store) -> None:
+    store.sync_tasks([definition(misfire_grace_time=0, coalesce=False)])
+    claim(store, T0 + timedelta(seconds=95))  # ten missed records, finished at T0+95
+    assert len(store.history("job")) == 10
+    assert store.prune(None, 4) == 6 and len(store.history("job")) == 4
+    assert store.prune(T0 + timedelta(seconds=96), None) == 4
+
+
+def test_history_filters_and_order(store: Store) -> None:
+    store.sync_tasks([definition("a"), definition("b")])
+    for step, state in enumerate([RunState.SUCCEEDED, RunState.FAILED, RunState.SUCCEEDED]):
+        now = T0 + timedelta(seconds=10 * step)
+        for run in claim(store, now).runs:
+            run.state, run.finished_at = state, now
+            store.finish([run])
+    assert len(store.history()) == 6
+    assert [r.scheduled_for for r in store.history("a")] == [T0 + timedelta(seconds=s) for s in (20, 10, 0)]
+    assert [r.task_id for r in store.history(state=RunState.FAILED)] in (["a", "b"], ["b", "a"])
+    assert len(store.history(limit=2)) == 2
+
+
+# -- SQLite specifics -----------------------------------------------------------------
+
+
+def test_sqlite_persists_across_reopen_with_safe_file_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.db"
+    first = SQLiteStore(path)
+    first.sync_tasks([definition()])
+    first.set_paused("job", True)
+    first.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = SQLiteStore(path)
+    assert second.task_states()["job"].paused
+    journal = second._db.execute("PRAGMA journal_mode").fetchone()[0]
+    second.close()
+    assert journal == "wal"
+
+
+def test_sqlite_corrupt_file_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"cannot open the state database .*state\.db.*move it aside \(mv "):
+        SQLiteStore(path)
+
+
+def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99, newer than"):
+        SQLiteStore(path)
+
+
+def test_sqlite_separate_connections_never_share_an_occurrence(tmp_path: Path) -> None:
+    """Like two processes on one file: each claimer has its own connection."""
+    path = tmp_path / "state.db"
+    setup = SQLiteStore(path)
+    setup.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(30)])
+    setup.close()
+    got: list[tuple[str, datetime]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        own = SQLiteStore(path)
+        for step in range(15):
+            result = claim(own, T0 + timedelta(seconds=10 * step), limit=5)
+            with lock:
+                got.extend((r.task_id, r.scheduled_for) for r in result.runs)
+        own.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert got and len(got) == len(set(got))
