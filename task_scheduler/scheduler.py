@@ -130,6 +130,7 @@ class TaskScheduler:
         self._node: NodeInfo | None = None
         self._next_heartbeat = 0.0  # on the monotonic clock
         self._next_prune = 0.0
+        self._recovered = False
         self.add_tasks(self.config.build_tasks(), from_config=True)
 
     # -- task management ------------------------------------------------------------
@@ -192,6 +193,8 @@ class TaskScheduler:
             max_instances=task.max_instances,
             concurrency_policy=task.concurrency_policy,
             max_runs=task.max_runs,
+            name=task.name,
+            schedule=rule.describe(),
         )
         return _Entry(task, rule, definition, retry, timeout, from_config)
 
@@ -256,6 +259,8 @@ class TaskScheduler:
         """One loop step: collect finished runs, enforce timeouts, claim and submit
         due occurrences. Returns the seconds the loop may sleep before the next step."""
         now = now or self.clock.now()
+        if not self._recovered:
+            self._recover(now)
         self._collect_finished(now)
         self._enforce_timeouts(now)
         self._maintain(now)
@@ -307,7 +312,9 @@ class TaskScheduler:
 
     def _node_info(self, now: datetime) -> NodeInfo:
         if self._node is None:
-            self._node = NodeInfo(self.node_id, self._host, os.getpid(), now, now, self.config.source, self.store.location)
+            self._node = NodeInfo(
+                self.node_id, self._host, os.getpid(), now, now, self.config.source, self.store.location
+            )
         self._node = replace(self._node, heartbeat_at=now)
         return self._node
 
@@ -422,7 +429,6 @@ class TaskScheduler:
             return
         if self._stopped:
             raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
-        self._recover()
         self._start_executor()
         self._started_at = time.monotonic()
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
@@ -434,11 +440,12 @@ class TaskScheduler:
             self.node_id,
         )
 
-    def _recover(self) -> None:
-        """Make the store match this process at start: tasks it no longer has are
-        unscheduled (history kept), and runs of dead processes on this host are
-        recorded INTERRUPTED at once (other hosts' wait for their lease to expire)."""
-        now = self.clock.now()
+    def _recover(self, now: datetime) -> None:
+        """The first step reconciles the store with this process: tasks it does not
+        have (any more) are unscheduled, their history kept; runs of dead processes on
+        this host are recorded INTERRUPTED at once (other hosts' when their lease
+        expires). Tasks must therefore be added before the first step (start)."""
+        self._recovered = True
         with self._lock:
             registered = set(self._entries)
         stale = set(self.store.task_states()) - registered
@@ -451,7 +458,6 @@ class TaskScheduler:
                     logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
                     self._emit(record, now)
         self._next_heartbeat = 0.0
-        self._maintain(now)
 
     def _start_executor(self) -> ThreadPoolExecutor:
         with self._lock:

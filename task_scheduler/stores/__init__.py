@@ -43,4 +43,6 @@ def open_store(config: SchedulerConfig) -> Store:
     path = store_path(config)
     if path is not None:
         return SQLiteStore(path)
-    raise ConfigError(f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url")
+    raise ConfigError(
+        f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url"
+    )

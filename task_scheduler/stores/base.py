@@ -405,9 +405,7 @@ class Store(Protocol):
     def active_runs(self) -> list[RunRecord]:
         """The SCHEDULED and RUNNING rows."""
 
-    def history(
-        self, task_id: str | None = None, state: RunState | None = None, limit: int = 100
-    ) -> list[RunRecord]:
+    def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
         """Final records, newest first."""
 
     def nodes(self) -> list[NodeInfo]:

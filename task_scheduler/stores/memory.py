@@ -129,7 +129,9 @@ class MemoryStore:
         claim.recorded.extend(final)
         if decision.run is not None:
             if decision.replace:
-                claim.replace += [r.run_id for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING]
+                claim.replace += [
+                    r.run_id for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING
+                ]
             record = RunRecord(new_run_id(), task_id, decision.run, RunState.RUNNING, node=node)
             self._active.setdefault(task_id, {})[record.run_id] = record
             self._leases[record.run_id] = lease_until

@@ -193,11 +193,20 @@ class SQLiteStore:
                     rows.append((definition, options, "keep"))
             db.executemany(
                 "INSERT INTO tasks (task_id, fingerprint, options, next_run_at, finished) VALUES (?, ?, ?, ?, ?)",
-                [(d.task_id, d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None) for d, o, k in rows if k == "insert"],
+                [
+                    (d.task_id, d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None)
+                    for d, o, k in rows
+                    if k == "insert"
+                ],
             )
             db.executemany(
-                "UPDATE tasks SET fingerprint = ?, options = ?, next_run_at = ?, finished = ?, removed = 0 WHERE task_id = ?",
-                [(d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None, d.task_id) for d, o, k in rows if k == "reschedule"],
+                "UPDATE tasks SET fingerprint = ?, options = ?, next_run_at = ?, finished = ?, removed = 0 "
+                "WHERE task_id = ?",
+                [
+                    (d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None, d.task_id)
+                    for d, o, k in rows
+                    if k == "reschedule"
+                ],
             )
             db.executemany(
                 "UPDATE tasks SET options = ?, removed = 0 WHERE task_id = ?",
@@ -216,13 +225,16 @@ class SQLiteStore:
         with self._transaction() as db:
             running = self._running_counts(db)
             pending = db.execute(
-                f"SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
-                f"WHERE r.state = 'scheduled' AND r.due_at <= ? AND t.removed = 0 ORDER BY r.due_at LIMIT ?",
+                "SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
+                "WHERE r.state = 'scheduled' AND r.due_at <= ? AND t.removed = 0 ORDER BY r.due_at LIMIT ?",
                 (now_db, limit),
             ).fetchall()
             for run_id, task_id, paused, options in pending:
                 if paused or running.get(task_id, 0) >= json.loads(options)["max_instances"]:
-                    db.execute("UPDATE runs SET due_at = ? WHERE run_id = ?", (_to_db(now + timedelta(seconds=WAIT_SECONDS)), run_id))
+                    db.execute(
+                        "UPDATE runs SET due_at = ? WHERE run_id = ?",
+                        (_to_db(now + timedelta(seconds=WAIT_SECONDS)), run_id),
+                    )
                     continue
                 db.execute(
                     "UPDATE runs SET state = 'running', node = ?, lease_until = ? WHERE run_id = ?",
@@ -290,7 +302,15 @@ class SQLiteStore:
                 "UPDATE runs SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, error = ?, output = ?, "
                 "lease_until = NULL, due_at = NULL WHERE run_id = ?",
                 [
-                    (r.state.value, _to_db(r.started_at), _to_db(r.finished_at), r.exit_code, r.error, r.output, r.run_id)
+                    (
+                        r.state.value,
+                        _to_db(r.started_at),
+                        _to_db(r.finished_at),
+                        r.exit_code,
+                        r.error,
+                        r.output,
+                        r.run_id,
+                    )
                     for r in records
                 ],
             )
@@ -334,9 +354,17 @@ class SQLiteStore:
     def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO nodes (node_id, host, pid, started_at, heartbeat_at, config, store) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                (node.node_id, node.host, node.pid, _to_db(node.started_at), _to_db(node.heartbeat_at), node.config, node.store),
+                "INSERT INTO nodes (node_id, host, pid, started_at, heartbeat_at, config, store) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (
+                    node.node_id,
+                    node.host,
+                    node.pid,
+                    _to_db(node.started_at),
+                    _to_db(node.heartbeat_at),
+                    node.config,
+                    node.store,
+                ),
             )
             db.executemany(
                 "UPDATE runs SET lease_until = ? WHERE run_id = ? AND state = 'running'",
@@ -356,7 +384,9 @@ class SQLiteStore:
     def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
         with self._transaction() as db:
             db.execute("DELETE FROM nodes WHERE node_id = ?", (node,))
-            run_ids = [r for (r,) in db.execute("SELECT run_id FROM runs WHERE state = 'running' AND node = ?", (node,))]
+            run_ids = [
+                r for (r,) in db.execute("SELECT run_id FROM runs WHERE state = 'running' AND node = ?", (node,))
+            ]
             return self._interrupt(db, run_ids, now, reason)
 
     def _interrupt(self, db: sqlite3.Connection, run_ids: list[str], now: datetime, reason: str) -> list[RunRecord]:
@@ -379,7 +409,9 @@ class SQLiteStore:
         with self._transaction() as db:
             removed = 0
             if older_than is not None:
-                removed += db.execute(f"DELETE FROM runs WHERE {final} AND finished_at < ?", (_to_db(older_than),)).rowcount
+                removed += db.execute(
+                    f"DELETE FROM runs WHERE {final} AND finished_at < ?", (_to_db(older_than),)
+                ).rowcount
             if keep_per_task is not None:
                 removed += db.execute(
                     f"DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
@@ -406,13 +438,18 @@ class SQLiteStore:
         if state is not None:
             clauses.append("state = ?")
             values.append(state.value)
-        query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} ORDER BY finished_at DESC, scheduled_for DESC LIMIT ?"
+        query = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+            "ORDER BY finished_at DESC, scheduled_for DESC LIMIT ?"
+        )
         with self._transaction() as db:
             return [_record(row) for row in db.execute(query, (*values, limit))]
 
     def nodes(self) -> list[NodeInfo]:
         with self._transaction() as db:
-            rows = db.execute("SELECT node_id, host, pid, started_at, heartbeat_at, config, store FROM nodes").fetchall()
+            rows = db.execute(
+                "SELECT node_id, host, pid, started_at, heartbeat_at, config, store FROM nodes"
+            ).fetchall()
         return [
             NodeInfo(node_id, host, pid, _from_db(started), _from_db(beat), config, store)  # type: ignore[arg-type]
             for node_id, host, pid, started, beat, config, store in rows
@@ -425,7 +462,9 @@ class SQLiteStore:
                 self._db.close()
 
     # -- internals (in a transaction) -----------------------------------------------
-    def _states(self, db: sqlite3.Connection, task_ids: list[str] | None, include_removed: bool = False) -> dict[str, TaskState]:
+    def _states(
+        self, db: sqlite3.Connection, task_ids: list[str] | None, include_removed: bool = False
+    ) -> dict[str, TaskState]:
         where = "" if include_removed else "removed = 0"
         if task_ids is not None:
             if not task_ids:
@@ -525,7 +564,9 @@ def _state(row: tuple[Any, ...]) -> TaskState:
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
-    run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual = row
+    run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual = (
+        row
+    )
     return RunRecord(
         run_id=run_id,
         task_id=task_id,

@@ -26,7 +26,9 @@ def once(task_id: str, after: datetime) -> None:
     return None
 
 
-def definition(task_id: str = "job", first: datetime | None = T0, fingerprint: str = "every 10s", **options: object) -> TaskDefinition:
+def definition(
+    task_id: str = "job", first: datetime | None = T0, fingerprint: str = "every 10s", **options: object
+) -> TaskDefinition:
     return TaskDefinition(task_id, fingerprint, first, name=task_id.title(), schedule=fingerprint, **options)  # type: ignore[arg-type]
 
 
@@ -109,7 +111,9 @@ def test_misfire_and_coalesce_are_recorded(store: Store) -> None:
     result = claim(store, T0 + timedelta(seconds=40))  # due: 0 (late), 10 (late), 20, 30, 40
     assert [r.scheduled_for for r in result.runs] == [T0 + timedelta(seconds=40)]
     missed = sorted(result.recorded, key=lambda r: r.scheduled_for)
-    assert [(r.state, (r.scheduled_for - T0).seconds) for r in missed] == [(RunState.MISSED, s) for s in (0, 10, 20, 30)]
+    assert [(r.state, (r.scheduled_for - T0).seconds) for r in missed] == [
+        (RunState.MISSED, s) for s in (0, 10, 20, 30)
+    ]
     assert "misfire_grace_time=15" in (missed[0].error or "") and "coalesced" in (missed[3].error or "")
     assert store.task_states()["job"].missed_count == 4
 
