@@ -39,7 +39,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-def claim(store: Store, now: datetime, next_fire=every(10), limit: int = 100):  # type: ignore[no-untyped-def]
+EVERY_10_SECONDS = every(10)
+
+
+def claim(store: Store, now: datetime, next_fire=EVERY_10_SECONDS, limit: int = 100):  # type: ignore[no-untyped-def]
     return store.claim_due(now, limit, NODE, now + timedelta(seconds=30), next_fire)
 
 
