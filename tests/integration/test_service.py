@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.integration.helpers import Service, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def start_service(base_dir: Path, config: dict[str, object], *extra: str) -> subprocess.Popen[str]:
-    path = base_dir / "service.json"
-    path.write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TASK_SCHEDULER_CONFIG", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "task_scheduler", *extra, "--config", str(path)],
-        cwd=base_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    service = Service(base_dir, config).start(*extra)
+    assert service.process is not None
+    return service.process
 
 
 def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path) -> None:

@@ -1,0 +1,85 @@
+"""Running the real service and CLI as an operator does: subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("TASK_SCHEDULER_CONFIG", None)
+    return env
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+class Service:
+    """``python -m task_scheduler`` on a config written into ``base_dir``."""
+
+    def __init__(self, base_dir: Path, config: dict[str, Any], name: str = "service.json") -> None:
+        self.base_dir = base_dir
+        self.config_path = base_dir / name
+        self.config_path.write_text(json.dumps(config))
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def log(self) -> str:
+        path = self.base_dir / "logs" / "scheduler.log"
+        return path.read_text() if path.exists() else ""
+
+    def start(self, *arguments: str) -> Service:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "task_scheduler", *arguments, "--config", str(self.config_path)],
+            cwd=self.base_dir,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    def signal(self, signum: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        _, stderr = self.process.communicate(timeout=timeout)
+        return self.process.returncode, stderr
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+
+    def cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "task_scheduler", *arguments, "--config", str(self.config_path)],
+            cwd=self.base_dir,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def cli_json(self, *arguments: str) -> Any:
+        result = self.cli(*arguments, "--json")
+        assert result.returncode == 0, (arguments, result.stderr)
+        return json.loads(result.stdout)
+
+    def ensure_stopped(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
