@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -150,8 +150,8 @@ class TaskScheduler:
         """Register many tasks in one store transaction (all or none)."""
         now = self.clock.now()
         entries = [self._entry(task, rule, now, from_config) for task, rule in pairs]
-        ids = [entry.task.task_id for entry in entries]
-        duplicates = {task_id for task_id in ids if ids.count(task_id) > 1}
+        ids = Counter(entry.task.task_id for entry in entries)
+        duplicates = {task_id for task_id, count in ids.items() if count > 1}
         with self._lock:
             taken = [] if replace_existing else [task_id for task_id in ids if task_id in self._entries]
             if duplicates or taken:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,12 @@ def _parameters(func: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
         return inspect.signature(func).parameters
     except (TypeError, ValueError):
         return {}
+
+
+@lru_cache(maxsize=1024)
+def _takes_context_keyword(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` has a ``context`` parameter (cached: signatures are slow)."""
+    return "context" in _parameters(func)
 
 
 def _accepts_argument(method: Callable[..., Any]) -> bool:
@@ -230,7 +237,7 @@ class FunctionTask(BaseTask):
         self.func = func
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
-        self._wants_context = "context" in _parameters(func)
+        self._wants_context = _takes_context_keyword(func)
 
     def execute(self, context: TaskContext) -> Any:
         kwargs = dict(self.kwargs)

@@ -180,39 +180,33 @@ class SQLiteStore:
     # -- registration ---------------------------------------------------------------
     def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
         with self._transaction() as db:
-            existing = self._states(db, [d.task_id for d in definitions], include_removed=True)
-            rows = []
+            states = self._states(db, [d.task_id for d in definitions], include_removed=True)
+            inserts, reschedules, keeps = [], [], []
             for definition in definitions:
-                state = existing.get(definition.task_id)
                 options = json.dumps(definition.options())
+                state = states.get(definition.task_id)
                 if state is None:
-                    rows.append((definition, options, "insert"))
-                elif state.fingerprint != definition.fingerprint:
-                    rows.append((definition, options, "reschedule"))
+                    state = states[definition.task_id] = TaskState(definition.task_id)
+                    inserts.append((definition.task_id, definition.fingerprint, options))
+                elif state.fingerprint == definition.fingerprint:
+                    keeps.append((options, definition.task_id))
+                    state.name, state.schedule = definition.name, definition.schedule
+                    continue
                 else:
-                    rows.append((definition, options, "keep"))
-            db.executemany(
-                "INSERT INTO tasks (task_id, fingerprint, options, next_run_at, finished) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (d.task_id, d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None)
-                    for d, o, k in rows
-                    if k == "insert"
-                ],
-            )
-            db.executemany(
-                "UPDATE tasks SET fingerprint = ?, options = ?, next_run_at = ?, finished = ?, removed = 0 "
-                "WHERE task_id = ?",
-                [
-                    (d.fingerprint, o, _to_db(d.first_fire), d.first_fire is None, d.task_id)
-                    for d, o, k in rows
-                    if k == "reschedule"
-                ],
-            )
-            db.executemany(
-                "UPDATE tasks SET options = ?, removed = 0 WHERE task_id = ?",
-                [(o, d.task_id) for d, o, k in rows if k == "keep"],
-            )
-            return self._states(db, [d.task_id for d in definitions])
+                    reschedules.append((definition.fingerprint, options, definition.task_id))
+                state.fingerprint, state.name, state.schedule = (
+                    definition.fingerprint,
+                    definition.name,
+                    definition.schedule,
+                )
+                state.next_run_at, state.finished = definition.first_fire, definition.first_fire is None
+            db.executemany("INSERT INTO tasks (task_id, fingerprint, options) VALUES (?, ?, ?)", inserts)
+            db.executemany("UPDATE tasks SET fingerprint = ?, options = ? WHERE task_id = ?", reschedules)
+            db.executemany("UPDATE tasks SET options = ? WHERE task_id = ?", keeps)
+            changed = [states[task_id] for task_id, *_ in inserts] + [states[task_id] for *_, task_id in reschedules]
+            self._write_states(db, changed)
+            db.executemany("UPDATE tasks SET removed = 0 WHERE task_id = ?", [(d.task_id,) for d in definitions])
+            return {d.task_id: states[d.task_id] for d in definitions}
 
     def remove_tasks(self, task_ids: Iterable[str]) -> None:
         with self._transaction() as db:
