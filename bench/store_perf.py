@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from task_scheduler import FunctionTask, IntervalRule, OnceRule, SchedulerConfig, TaskScheduler
+from task_scheduler import FunctionTask, OnceRule, SchedulerConfig, TaskScheduler
 
 RUNS = 5000
 TASKS_AT_START = 10_000
