@@ -1,6 +1,7 @@
 """The ``task-scheduler`` command (also ``python -m task_scheduler``).
 
-Exit codes: 0 ok; 1 not found or failed; 2 usage or configuration error.
+Exit codes: 0 ok; 1 not found or failed (``status``: no live service); 2 usage,
+configuration or state-file error (restarting cannot fix those).
 ``--config`` is accepted before or after the subcommand; without it the config is
 found as `find_config` says. With no subcommand, ``run`` is assumed.
 """
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="task-scheduler",
         description="Run and inspect the task_scheduler service.",
         parents=[common],
-        epilog="Exit codes: 0 ok, 1 not found or failed, 2 usage or configuration error.",
+        epilog="Exit codes: 0 ok, 1 not found or failed, 2 usage, configuration or state-file error.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the service in the foreground (default)")
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(options)
     except ConfigError as exc:
         print(f"task-scheduler: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"task-scheduler: state error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TaskNotFoundError as exc:
         print(f"task-scheduler: {exc}", file=sys.stderr)

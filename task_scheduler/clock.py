@@ -52,15 +52,16 @@ class ManualClock:
             return self._offset
 
     def advance(self, seconds: float) -> datetime:
-        """Move forward (or, for a wall-clock jump test, backward) by ``seconds``."""
+        """Let ``seconds`` pass: both clocks move forward together."""
+        if seconds < 0:
+            raise ValueError("time does not pass backwards; use set() for a wall-clock jump")
         with self._lock:
             self._now += timedelta(seconds=seconds)
-            self._offset += max(seconds, 0.0)
+            self._offset += seconds
             return self._now
 
     def set(self, moment: datetime) -> None:
-        """Jump the wall clock to ``moment``; the monotonic clock does not move back."""
+        """Jump the wall clock to ``moment`` (forward or back) while no time passes,
+        as an NTP step or a manual clock change does."""
         with self._lock:
-            delta = (moment - self._now).total_seconds()
             self._now = moment
-            self._offset += max(delta, 0.0)

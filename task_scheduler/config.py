@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from task_scheduler.errors import ConfigError, TaskSchedulerError
+from task_scheduler.redact import is_secret
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores.base import ConcurrencyPolicy
 from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, ScriptTask
@@ -87,6 +88,7 @@ class TasksConfig:
     retry_backoff: str = "fixed"  # fixed | exponential
     max_retry_delay: float = 3600.0
     retry_on_timeout: bool = True
+    retry_jitter: float = 0.1  # each retry delay is stretched by a random 0-10 %
     allowed_script_dirs: list[str] | None = field(default_factory=lambda: ["scripts"])  # None: any
     output_limit: int = 64 * 1024
     kill_grace: float = 5.0
@@ -288,38 +290,38 @@ def _convert(hint: Any, value: Any, key: str, source: str | None) -> Any:
         if len(errors) == 1:
             raise errors[0]
         names = " or ".join(_type_name(o) for o in options)
-        raise ConfigError(f"expected {names}, got {_show(value)}", source=source, key=key)
+        raise ConfigError(f"expected {names}, got {_show(value, key)}", source=source, key=key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, source)  # type: ignore[arg-type]
     if origin is list:
         (item,) = get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"expected a list, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected a list, got {_show(value, key)}", source=source, key=key)
         if item is JobConfig:
             return [_build(JobConfig, v, _job_key(i, v), source) for i, v in enumerate(value)]
         return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict:
         _, item = get_args(hint)
         if not isinstance(value, dict):
-            raise ConfigError(f"expected an object, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected an object, got {_show(value, key)}", source=source, key=key)
         return {str(k): _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected true or false, got {_show(value, key)}", source=source, key=key)
         return value
     if hint is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"expected an integer, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected an integer, got {_show(value, key)}", source=source, key=key)
         return value
     if hint is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"expected a number, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected a number, got {_show(value, key)}", source=source, key=key)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"expected a string, got {_show(value)}", source=source, key=key)
+            raise ConfigError(f"expected a string, got {_show(value, key)}", source=source, key=key)
         return value
     raise TypeError(f"unsupported config type {hint!r}")  # pragma: no cover - a bug in this module
 
@@ -330,7 +332,9 @@ def _type_name(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, key: str = "") -> str:
+    if is_secret(key.rsplit(".", 1)[-1]):
+        return "a value (hidden: the key looks like a secret)"
     text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
     return text if len(text) < 60 else text[:57] + "..."
 
@@ -375,6 +379,7 @@ def _validate(config: SchedulerConfig) -> None:
     tasks = config.tasks
     check(tasks.max_retries >= 0, "tasks.max_retries", "must be >= 0")
     check(tasks.retry_delay >= 0, "tasks.retry_delay", "must be >= 0 seconds")
+    check(0 <= tasks.retry_jitter <= 1, "tasks.retry_jitter", "must be a fraction between 0 and 1")
     check(tasks.retry_backoff in _enum_values(Backoff), "tasks.retry_backoff", "must be 'fixed' or 'exponential'")
     check(tasks.default_timeout is None or tasks.default_timeout > 0, "tasks.default_timeout", "must be > 0 or null")
     check(tasks.output_limit >= 1024, "tasks.output_limit", "must be at least 1024 bytes")

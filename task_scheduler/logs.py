@@ -1,5 +1,6 @@
 """Logging setup: console plus a rotating file, plain text or JSON, with the run's
-``task_id`` and ``run_id`` on every record logged while a run executes.
+``task_id`` and ``run_id`` on every record logged while a run executes, and the
+values of secret-looking keys masked (see `task_scheduler.redact`).
 
 Plain lines look like
 ``2024-01-01 12:00:00 - task_scheduler.execution - INFO - execute_attempt:88 - message``.
@@ -10,6 +11,7 @@ file handler stays quiet until it can write again.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import logging.handlers
@@ -22,6 +24,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from task_scheduler.config import SchedulerConfig, parse_size
+from task_scheduler.redact import redact_text
 
 __all__ = ["configure_logging", "run_context"]
 
@@ -66,7 +69,14 @@ class PlainFormatter(logging.Formatter):
         task_id = getattr(record, "task_id", None)
         if task_id:
             line += f" [task={task_id} run={getattr(record, 'run_id', None)}]"
-        return line
+        return redact_text(line)
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, with secret values masked in the output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 class ResilientFileHandler(logging.handlers.RotatingFileHandler):
@@ -91,12 +101,22 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
             if self._failed_since is None:
                 sys.stderr.write(f"task_scheduler: cannot write log file {self.baseFilename}: {exc}\n")
             self._failed_since = record.created
-            self.close()
-            self.stream = None
+            self._drop_stream()
         else:
             if self._failed_since is not None:
                 sys.stderr.write(f"task_scheduler: log file {self.baseFilename} is writable again\n")
             self._failed_since = None
+
+    def _drop_stream(self) -> None:
+        """Forget the broken stream; closing it may fail again (it flushes), quietly."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk must not break shutdown either
+            super().close()
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
         raise  # let emit() above decide
@@ -135,5 +155,5 @@ def configure_logging(config: SchedulerConfig) -> Path | None:
 def _formatter(kind: str) -> logging.Formatter:
     if kind == "json":
         fields: dict[str, Any] = {"levelname": "level", "asctime": "time", "name": "logger"}
-        return JsonFormatter(JSON_FIELDS, rename_fields=fields, datefmt="%Y-%m-%dT%H:%M:%S%z")
+        return RedactingJsonFormatter(JSON_FIELDS, rename_fields=fields, datefmt="%Y-%m-%dT%H:%M:%S%z")
     return PlainFormatter()

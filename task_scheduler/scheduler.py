@@ -14,6 +14,7 @@ disagree with itself.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import signal
@@ -115,6 +116,7 @@ class TaskScheduler:
         self._entries: dict[str, _Entry] = {}
         self._active: dict[str, _Active] = {}
         self._finished: deque[RunRecord] = deque()
+        self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
         self._events = EventDispatcher()
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -131,6 +133,7 @@ class TaskScheduler:
         self._next_heartbeat = 0.0  # on the monotonic clock
         self._next_prune = 0.0
         self._recovered = False
+        self._last_step: tuple[datetime, float] | None = None
         self.add_tasks(self.config.build_tasks(), from_config=True)
 
     # -- task management ------------------------------------------------------------
@@ -182,6 +185,7 @@ class TaskScheduler:
             backoff=task.retry_backoff or Backoff(defaults.retry_backoff),
             max_delay=defaults.max_retry_delay,
             retry_on_timeout=defaults.retry_on_timeout,
+            jitter=defaults.retry_jitter,
         )
         definition = TaskDefinition(
             task_id=task.task_id,
@@ -259,6 +263,7 @@ class TaskScheduler:
         """One loop step: collect finished runs, enforce timeouts, claim and submit
         due occurrences. Returns the seconds the loop may sleep before the next step."""
         now = now or self.clock.now()
+        self._notice_clock_jump(now)
         if not self._recovered:
             self._recover(now)
         self._collect_finished(now)
@@ -283,13 +288,32 @@ class TaskScheduler:
                 active.context.cancel(CANCEL_REPLACED)
         for record in claim.runs:
             self._submit(record, now)
+        while self._delayed and self._delayed[0][0] <= now:
+            _, run_id = heapq.heappop(self._delayed)
+            self._launch(run_id, now)
         if claim.more:
             return 0.0
         wake_times = [claim.next_due] if claim.next_due else []
+        wake_times += [self._delayed[0][0]] if self._delayed else []
         wake_times += [a.deadline for a in list(self._active.values()) if a.deadline and not a.context.cancelled]
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         return interval
+
+    def _notice_clock_jump(self, now: datetime) -> None:
+        """Log when the wall clock moved differently from the monotonic clock between
+        two steps (NTP step, manual change, suspend). Due times follow the wall clock:
+        after a forward jump the skipped occurrences follow the misfire rules; after a
+        backward jump nothing runs twice and jobs wait until the clock reaches their
+        next due time again."""
+        monotonic = self.clock.monotonic()
+        if self._last_step is not None:
+            last_wall, last_monotonic = self._last_step
+            jump = (now - last_wall).total_seconds() - (monotonic - last_monotonic)
+            if abs(jump) > max(1.0, self.config.scheduler.check_interval):
+                direction = "forward" if jump > 0 else "back"
+                logger.warning("the wall clock jumped %s by %.1fs; due times follow it", direction, abs(jump))
+        self._last_step = (now, monotonic)
 
     def _maintain(self, now: datetime) -> None:
         """Renew this node's leases, reap dead nodes' runs, prune old history; each on
@@ -336,17 +360,28 @@ class TaskScheduler:
             logger=logging.getLogger(f"task_scheduler.task.{record.task_id}"),
             timeout=entry.timeout,
         )
+        with self._lock:
+            self._active[record.run_id] = _Active(record, context, None)
+        start_at = now
+        if not record.manual and record.attempt == 1:
+            start_at = record.scheduled_for + entry.rule.jitter_offset(record.task_id, record.scheduled_for)
+        if start_at > now:  # jitter: the run waits in the loop's heap, not in a worker
+            heapq.heappush(self._delayed, (start_at, record.run_id))
+        else:
+            self._launch(record.run_id, now)
+
+    def _launch(self, run_id: str, now: datetime) -> None:
+        active = self._active.get(run_id)
+        entry = self._entries.get(active.record.task_id) if active else None
+        if active is None or entry is None:
+            return
         # Scripts enforce their own timeout (and kill their process group); other
         # tasks get their cancel event set by the loop at the deadline.
-        deadline = None
         if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
-            deadline = now + timedelta(seconds=entry.timeout)
-        active = _Active(record, context, deadline)
-        with self._lock:
-            self._active[record.run_id] = active
+            active.deadline = now + timedelta(seconds=entry.timeout)
         executor = self._executor or self._start_executor()
-        active.future = executor.submit(self._work, entry.task, record, context)
-        self._emit(record, now, EventType.SUBMITTED)
+        active.future = executor.submit(self._work, entry.task, active.record, active.context)
+        self._emit(active.record, now, EventType.SUBMITTED)
 
     def _work(self, task: BaseTask, record: RunRecord, context: TaskContext) -> None:
         final = execute_attempt(task, record, context, self.clock.now)
@@ -415,7 +450,7 @@ class TaskScheduler:
                     pass
             self._collect_finished(self.clock.now())
             with self._lock:
-                if not self._active:
+                if not any(a.future is not None for a in self._active.values()):
                     return True
 
     # -- lifecycle ------------------------------------------------------------------

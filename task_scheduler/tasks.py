@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import random
 import selectors
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from task_scheduler.errors import TaskError
+from task_scheduler.redact import redact_args
 from task_scheduler.stores.base import ConcurrencyPolicy
 
 __all__ = [
@@ -54,19 +56,24 @@ class Backoff(Enum):
 class RetryPolicy:
     """Retries of a failed attempt: ``max_retries`` more attempts, the n-th after
     ``retry_delay`` (fixed) or ``retry_delay * 2**(n-1)`` (exponential) seconds,
-    capped at ``max_delay``. A retry is a timed occurrence, never a sleep in a worker."""
+    capped at ``max_delay``, then stretched by a random ``[0, jitter)`` fraction so
+    that many tasks failing together do not retry in lockstep. A retry is a timed
+    occurrence, never a sleep in a worker."""
 
     max_retries: int = 0
     retry_delay: float = 5.0
     backoff: Backoff = Backoff.FIXED
     max_delay: float = 3600.0
     retry_on_timeout: bool = True
+    jitter: float = 0.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.backoff is Backoff.EXPONENTIAL:
-            return min(self.retry_delay * 2.0 ** (attempt - 1), self.max_delay)
-        return min(self.retry_delay, self.max_delay)
+            base = min(self.retry_delay * 2.0 ** (attempt - 1), self.max_delay)
+        else:
+            base = min(self.retry_delay, self.max_delay)
+        return base * (1.0 + random.random() * self.jitter) if self.jitter else base
 
 
 @dataclass
@@ -368,7 +375,7 @@ class ScriptTask(BaseTask):
         return process.returncode == 0 and not context.timed_out
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "script_path": str(self.script_path), "args": self.args}
+        return {**super().options(), "script_path": str(self.script_path), "args": redact_args(self.args)}
 
 
 class _GroupKiller:

@@ -42,6 +42,7 @@ def config(base_dir: Path, request: pytest.FixtureRequest) -> SchedulerConfig:
         {
             "scheduler": {"timezone": "UTC", "base_dir": str(base_dir), "max_workers": 4},
             "store": {"url": request.param},
+            "tasks": {"retry_jitter": 0},
             "logging": {"log_file": None},
         }
     )

@@ -302,6 +302,8 @@ def decide(
     so it is queueing, never a misfire.
     """
     assert state.next_run_at is not None
+    if exhausted(definition, state):
+        return Decision(None, [], None, None)
     due: list[datetime] = []
     fire: datetime | None = state.next_run_at
     while fire is not None and fire <= now and len(due) < MAX_LISTED_OCCURRENCES:
@@ -340,6 +342,11 @@ def decide(
         if definition.concurrency_policy is ConcurrencyPolicy.REPLACE:
             return Decision(to_run, missed, None, fire, replace=True)
     return Decision(to_run, missed, None, fire)
+
+
+def exhausted(definition: TaskDefinition, state: TaskState) -> bool:
+    """Whether the task has completed its ``max_runs`` (and is therefore finished)."""
+    return definition.max_runs is not None and state.run_count >= definition.max_runs
 
 
 def record_for(task_id: str, when: datetime, state: RunState, node: str, error: str, now: datetime) -> RunRecord:

@@ -23,6 +23,7 @@ from task_scheduler.stores.base import (
     TaskDefinition,
     TaskState,
     decide,
+    exhausted,
     new_run_id,
     record_for,
 )
@@ -155,6 +156,8 @@ class MemoryStore:
                 self._add_pending(again, retry.due_at)
             for task_id in {record.task_id for record in records}:
                 if task_id in self._states:
+                    if exhausted(self._definitions[task_id], self._states[task_id]):
+                        self._states[task_id].next_run_at = None
                     self._settle(self._states[task_id])
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:

@@ -36,6 +36,7 @@ from task_scheduler.stores.base import (
     TaskDefinition,
     TaskState,
     decide,
+    exhausted,
     new_run_id,
     record_for,
 )
@@ -324,7 +325,10 @@ class SQLiteStore:
             ]  # fmt: skip
             for record, due_at in again:
                 self._insert_runs(db, [record], due_at=_to_db(due_at))
+            definitions = self._definitions(db, list(states))
             for state in states.values():
+                if exhausted(definitions[state.task_id], state):
+                    state.next_run_at = None
                 if state.next_run_at is None:
                     state.finished = not self._has_active(db, state.task_id)
             self._write_states(db, list(states.values()))

@@ -1,0 +1,55 @@
+"""Keeping secrets out of logs, error messages and status output.
+
+A key "looks like a secret" when its name contains password, passwd, secret, token,
+api_key/apikey, credential or private_key (any case, ``-`` or ``_``). Their values
+are replaced by ``***`` in every log line this package writes (``key=value``,
+``key: value``, ``"key": "value"``, ``--key value``, ``--key=value``), in config
+errors, and in task status; so is the password of a URL (``scheme://user:pw@host``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = ["MASK", "is_secret", "redact_args", "redact_text"]
+
+MASK = "***"
+_WORDS = r"(?:pass(?:word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key)"
+_SECRET_NAME = re.compile(rf"[\w.-]*{_WORDS}[\w.-]*", re.IGNORECASE)
+_VALUE = r"""(?P<value>[^\s"',;&)}\]]+)"""
+_PAIR = re.compile(rf"""(?P<key>["']?[\w.-]*{_WORDS}[\w.-]*["']?)(?P<sep>\s*[=:]\s*["']?){_VALUE}""", re.IGNORECASE)
+_FLAG = re.compile(rf"(?P<key>(?<!\S)--?[\w.-]*{_WORDS}[\w.-]*)(?P<sep>\s+)(?!-){_VALUE}", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^/\s@]+)(?=@)", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a key or flag name looks like it holds a secret."""
+    return _SECRET_NAME.fullmatch(name.lstrip("-")) is not None
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the values of secret-looking keys and URL passwords masked."""
+    if not text:
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    text = _FLAG.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
+    return _PAIR.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
+
+
+def redact_args(args: Sequence[str]) -> list[str]:
+    """Command-line arguments with the values of secret-looking flags masked."""
+    result: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            result.append(MASK)
+            hide_next = False
+        elif arg.startswith("-") and "=" in arg and is_secret(arg.split("=", 1)[0]):
+            result.append(arg.split("=", 1)[0] + "=" + MASK)
+        elif arg.startswith("-") and is_secret(arg):
+            result.append(arg)
+            hide_next = True
+        else:
+            result.append(redact_text(arg))
+    return result
