@@ -133,6 +133,7 @@ class JobConfig:
     coalesce: bool | None = None
     catch_up: bool | None = None
     max_runs: int | None = None
+    recover: bool = False
     tags: list[str] = field(default_factory=list)
 
 
@@ -452,6 +453,7 @@ def build_job(config: SchedulerConfig, index: int, job: JobConfig) -> tuple[Base
         "coalesce": job.coalesce,
         "catch_up": job.catch_up,
         "max_runs": job.max_runs,
+        "recover": job.recover,
         "tags": job.tags,
     }
     timeout = job.timeout if job.timeout is not None else config.tasks.default_timeout

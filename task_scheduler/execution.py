@@ -83,8 +83,11 @@ def _outcome(result: object, error: str | None, context: TaskContext) -> RunStat
     return RunState.SUCCEEDED
 
 
-def retry_for(record: RunRecord, policy: RetryPolicy, now: datetime) -> Retry | None:
-    """A `Retry` when the failed ``record`` has attempts left under ``policy``."""
+def retry_for(record: RunRecord, policy: RetryPolicy, now: datetime, recover: bool = False) -> Retry | None:
+    """A `Retry` when the failed ``record`` has attempts left under ``policy``, or at
+    once when it was interrupted and its task asks for ``recover``."""
+    if record.state is RunState.INTERRUPTED:
+        return Retry(record, now) if recover else None
     retryable = record.state is RunState.FAILED or (record.state is RunState.TIMED_OUT and policy.retry_on_timeout)
     if not retryable or record.attempt > policy.max_retries:
         return None

@@ -197,6 +197,7 @@ class TaskScheduler:
             max_instances=task.max_instances,
             concurrency_policy=task.concurrency_policy,
             max_runs=task.max_runs,
+            recover=task.recover,
             name=task.name,
             schedule=rule.describe(),
         )
@@ -399,7 +400,8 @@ class TaskScheduler:
             with self._lock:
                 self._active.pop(record.run_id, None)
                 entry = self._entries.get(record.task_id)
-            retry = retry_for(record, entry.retry, now) if entry and not self._stopping.is_set() else None
+            # Retries decided during shutdown are stored too: the next start runs them.
+            retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
             if retry is not None:
                 retries.append(retry)
         self.store.finish(records, retries)

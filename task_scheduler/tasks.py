@@ -149,6 +149,8 @@ class BaseTask:
 
     ``timeout``/``max_retries``/``retry_delay``/``retry_backoff``/``misfire_grace_time``
     /``coalesce``/``catch_up`` left at None take the scheduler's ``tasks`` defaults.
+    ``recover``: a run cut short by a crash or a shutdown (INTERRUPTED) is run again
+    as the next attempt of the same occurrence (Quartz's "requests recovery").
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class BaseTask:
         coalesce: bool | None = None,
         catch_up: bool | None = None,
         max_runs: int | None = None,
+        recover: bool = False,
         tags: Sequence[str] = (),
         enabled: bool = True,
     ) -> None:
@@ -189,6 +192,7 @@ class BaseTask:
         if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
             raise TaskError(f"task {task_id!r}: max_runs must be an integer >= 1, got {max_runs!r}")
         self.max_runs = max_runs
+        self.recover = recover
         self.tags = tuple(tags)
         self.enabled = enabled
         self.last_error: str | None = None

@@ -136,6 +136,7 @@ class TaskDefinition:
     max_instances: int = 1
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.FORBID
     max_runs: int | None = None
+    recover: bool = False  # re-run INTERRUPTED runs as their next attempt
     name: str = ""  # for people: the CLI's list and show
     schedule: str = ""  # the rule in words
 
@@ -148,6 +149,7 @@ class TaskDefinition:
             "max_instances": self.max_instances,
             "concurrency_policy": self.concurrency_policy.value,
             "max_runs": self.max_runs,
+            "recover": self.recover,
             "name": self.name,
             "schedule": self.schedule,
         }
@@ -349,6 +351,19 @@ def exhausted(definition: TaskDefinition, state: TaskState) -> bool:
     return definition.max_runs is not None and state.run_count >= definition.max_runs
 
 
+def recovery_of(record: RunRecord, now: datetime) -> tuple[RunRecord, datetime]:
+    """The SCHEDULED next attempt of an interrupted run, due at ``now``."""
+    again = RunRecord(
+        new_run_id(),
+        record.task_id,
+        record.scheduled_for,
+        RunState.SCHEDULED,
+        attempt=record.attempt + 1,
+        manual=record.manual,
+    )
+    return again, now
+
+
 def record_for(task_id: str, when: datetime, state: RunState, node: str, error: str, now: datetime) -> RunRecord:
     """A final MISSED/SKIPPED record decided at ``now``."""
     return RunRecord(new_run_id(), task_id, when, state, node=node, error=error, finished_at=now)
@@ -396,11 +411,12 @@ class Store(Protocol):
 
     def reap(self, now: datetime) -> list[RunRecord]:
         """RUNNING rows whose lease expired before ``now`` (their node died) become
-        INTERRUPTED; returns them."""
+        INTERRUPTED; returns them. A task with ``recover`` gets the next attempt of
+        the occurrence as a SCHEDULED row due at ``now``."""
 
     def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
-        """``node`` is gone: its RUNNING rows become INTERRUPTED and its node row is
-        deleted; returns the interrupted records."""
+        """``node`` is gone: its RUNNING rows become INTERRUPTED (recovered as in
+        `reap`) and its node row is deleted; returns the interrupted records."""
 
     def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
         """Delete final history older than ``older_than`` and beyond the newest

@@ -26,6 +26,7 @@ from task_scheduler.stores.base import (
     exhausted,
     new_run_id,
     record_for,
+    recovery_of,
 )
 
 
@@ -205,6 +206,9 @@ class MemoryStore:
                     final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
                     self._record_final(final)
                     interrupted.append(final)
+                    definition = self._definitions.get(record.task_id)
+                    if definition is not None and definition.recover:
+                        self._add_pending(*recovery_of(final, now))
         return interrupted
 
     def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:

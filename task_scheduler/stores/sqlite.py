@@ -39,6 +39,7 @@ from task_scheduler.stores.base import (
     exhausted,
     new_run_id,
     record_for,
+    recovery_of,
 )
 
 __all__ = ["SQLiteStore"]
@@ -396,9 +397,13 @@ class SQLiteStore:
             [(_to_db(now), reason, record.run_id) for record in records],
         )
         states = self._states(db, list({r.task_id for r in records}), include_removed=True)
+        definitions = self._definitions(db, list(states))
         for record in records:
             if record.task_id in states:
                 states[record.task_id].count(record, retried=False)
+                if definitions[record.task_id].recover:
+                    again, due_at = recovery_of(record, now)
+                    self._insert_runs(db, [again], due_at=_to_db(due_at))
         self._write_states(db, list(states.values()))
         return records
 

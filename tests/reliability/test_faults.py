@@ -303,3 +303,29 @@ def test_many_tasks_every_second_with_few_workers(tmp_path: Path) -> None:
         f"\nledger of 1,000 tasks x 30 s on 4 workers (SQLite): {sum(totals.values())} occurrences, "
         + ", ".join(f"{state.value} {count}" for state, count in sorted(totals.items(), key=lambda kv: kv[0].value))
     )
+
+
+def test_recover_reruns_an_interrupted_run(config: SchedulerConfig, clock: ManualClock, base_dir: Path) -> None:
+    """A task with recover=True whose run is cut short by a shutdown runs again, as the
+    next attempt of the same occurrence, after the restart."""
+    write_script(
+        base_dir, "slow.py", "import os, sys, time\nif os.path.exists(sys.argv[1]): sys.exit(0)\ntime.sleep(1000)\n"
+    )
+    marker = base_dir / "second-time"
+    rule = OnceRule(run_at=T0 + timedelta(seconds=1))
+    store = open_store(config)
+    first = TaskScheduler(config, clock=clock, store=store)
+    first.add_task(ScriptTask("slow", "slow", "scripts/slow.py", args=[str(marker)], recover=True), rule)
+    run_for(first, clock, 1, wait=False)
+    first.stop(wait=True, timeout=0.5)
+    [interrupted] = store.history("slow")
+    assert interrupted.state is RunState.INTERRUPTED
+    if config.store.url == "memory://":
+        return  # nothing outlives the process in memory
+    marker.write_text("")
+    second = TaskScheduler(config, clock=clock, store=open_store(config))
+    second.add_task(ScriptTask("slow", "slow", "scripts/slow.py", args=[str(marker)], recover=True), rule)
+    run_for(second, clock, 1)
+    second.stop()
+    again = [r for r in second.store.history("slow") if r.state is RunState.SUCCEEDED]
+    assert [(r.attempt, r.scheduled_for) for r in again] == [(2, T0 + timedelta(seconds=1))]
