@@ -1,0 +1,151 @@
+"""The schedulers under test, behind one small adapter each.
+
+task_scheduler runs with its memory and SQLite stores; APScheduler 3 runs as a
+BackgroundScheduler with MemoryJobStore and with SQLAlchemyJobStore on SQLite. All
+use 10 worker threads (the scripts scenario uses 4) and their default settings
+otherwise: the point is what a user gets out of the box.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+SYSTEMS = ("ts-memory", "ts-sqlite", "aps-memory", "aps-sqlite")
+
+
+class TaskSchedulerSystem:
+    """task_scheduler, added to through its bulk API (``add_tasks``)."""
+
+    def __init__(self, store: str, directory: Path, workers: int = 10) -> None:
+        from task_scheduler import SchedulerConfig, TaskScheduler
+
+        url = "memory://" if store == "memory" else "sqlite://state.db"
+        self.config = SchedulerConfig.from_dict(
+            {
+                "scheduler": {"base_dir": str(directory), "timezone": "UTC", "max_workers": workers},
+                "store": {"url": url},
+                "tasks": {"allowed_script_dirs": None},
+                "logging": {"log_file": None, "console": False},
+            }
+        )
+        self.scheduler = TaskScheduler(self.config)
+        self.pending: list[Any] = []
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def add_interval(self, job_id: str, seconds: float, start: datetime, func: Callable[..., Any], *args: Any) -> None:
+        from task_scheduler import FunctionTask, IntervalRule
+
+        self.pending.append((FunctionTask(job_id, None, func, args=args), IntervalRule(seconds=seconds, start=start)))
+
+    def add_once(self, job_id: str, when: datetime, func: Callable[..., Any], *args: Any) -> None:
+        from task_scheduler import FunctionTask, OnceRule
+
+        self.pending.append((FunctionTask(job_id, None, func, args=args), OnceRule(run_at=when)))
+
+    def add_cron(self, job_id: str, expression: str, func: Callable[..., Any]) -> None:
+        from task_scheduler import CronRule, FunctionTask
+
+        self.pending.append((FunctionTask(job_id, None, func), CronRule(cron=expression)))
+
+    def add_script(self, job_id: str, when: datetime, path: str) -> None:
+        from task_scheduler import OnceRule, ScriptTask
+
+        self.pending.append((ScriptTask(job_id, None, path, timeout=60), OnceRule(run_at=when)))
+
+    def flush(self) -> None:
+        self.scheduler.add_tasks(self.pending)
+        self.pending = []
+
+    def missed(self) -> int:
+        return sum(state.missed_count + state.skipped_count for state in self.scheduler.store.task_states().values())
+
+    def on_done(self, callback: Callable[[], object]) -> None:
+        from task_scheduler import EventType
+
+        self.scheduler.add_listener(lambda event: callback(), EventType.EXECUTED | EventType.ERROR)
+
+    def loaded(self) -> int:
+        return len(self.scheduler.store.task_states())
+
+    def stop(self) -> None:
+        self.scheduler.stop(wait=True, timeout=30)
+
+
+class APSchedulerSystem:
+    """APScheduler 3 BackgroundScheduler with its defaults (misfire_grace_time=1)."""
+
+    def __init__(self, store: str, directory: Path, workers: int = 10) -> None:
+        from apscheduler.events import EVENT_JOB_MISSED
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.memory import MemoryJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        if store == "memory":
+            jobstore: Any = MemoryJobStore()
+        else:
+            from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+            jobstore = SQLAlchemyJobStore(url=f"sqlite:///{directory / 'aps.db'}")
+        self.scheduler = BackgroundScheduler(
+            jobstores={"default": jobstore}, executors={"default": ThreadPoolExecutor(workers)}, timezone="UTC"
+        )
+        self.missed_count = 0
+        self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+
+    def _on_missed(self, event: object) -> None:
+        self.missed_count += 1
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def add_interval(self, job_id: str, seconds: float, start: datetime, func: Callable[..., Any], *args: Any) -> None:
+        self.scheduler.add_job(func, "interval", seconds=seconds, start_date=start, args=args, id=job_id)
+
+    def add_once(self, job_id: str, when: datetime, func: Callable[..., Any], *args: Any) -> None:
+        self.scheduler.add_job(func, "date", run_date=when, args=args, id=job_id)
+
+    def add_cron(self, job_id: str, expression: str, func: Callable[..., Any]) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        self.scheduler.add_job(func, CronTrigger.from_crontab(expression, timezone="UTC"), id=job_id)
+
+    def add_script(self, job_id: str, when: datetime, path: str) -> None:
+        self.scheduler.add_job(run_script, "date", run_date=when, args=(path,), id=job_id)
+
+    def flush(self) -> None:
+        """Jobs were added one by one already (APScheduler 3 has no bulk API)."""
+
+    def missed(self) -> int:
+        return self.missed_count
+
+    def on_done(self, callback: Callable[[], object]) -> None:
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+        self.scheduler.add_listener(lambda event: callback(), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def loaded(self) -> int:
+        return len(self.scheduler.get_jobs())
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+
+
+def run_script(path: str) -> None:
+    subprocess.run([path], check=False)
+
+
+def make(system: str, directory: Path, workers: int = 10) -> TaskSchedulerSystem | APSchedulerSystem:
+    family, store = system.split("-")
+    if family == "ts":
+        return TaskSchedulerSystem(store, directory, workers)
+    return APSchedulerSystem(store, directory, workers)
+
+
+def utc_in(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
