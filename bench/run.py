@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -91,7 +90,11 @@ def collect(quick: bool) -> tuple[list[list[str]], dict[str, Any]]:
     row("scripts 200 x /bin/true seconds", "scripts", "seconds", 3)
     bare = get("scripts", "bare", "seconds")
     rows.append(
-        ["scripts vs bare 4-thread subprocess.run", *[ratio(get("scripts", s, "seconds"), bare) for s in SYSTEMS], "<= 1.05x"]
+        [
+            "scripts vs bare 4-thread subprocess.run",
+            *[ratio(get("scripts", s, "seconds"), bare) for s in SYSTEMS],
+            "<= 1.05x",
+        ]
     )
     row("restart with 10,000 stored jobs, s", "restart", "seconds", 3, "<= 1/2 aps-sqlite")
     return rows, raw

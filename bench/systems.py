@@ -34,6 +34,13 @@ class TaskSchedulerSystem:
         )
         self.scheduler = TaskScheduler(self.config)
         self.pending: list[Any] = []
+        self.missed_count = 0
+        from task_scheduler import EventType
+
+        self.scheduler.add_listener(self._on_missed, EventType.MISSED | EventType.MAX_INSTANCES)
+
+    def _on_missed(self, event: object) -> None:
+        self.missed_count += 1
 
     def start(self) -> None:
         self.scheduler.start()
@@ -63,7 +70,7 @@ class TaskSchedulerSystem:
         self.pending = []
 
     def missed(self) -> int:
-        return sum(state.missed_count + state.skipped_count for state in self.scheduler.store.task_states().values())
+        return self.missed_count
 
     def on_done(self, callback: Callable[[], object]) -> None:
         from task_scheduler import EventType
@@ -71,7 +78,7 @@ class TaskSchedulerSystem:
         self.scheduler.add_listener(lambda event: callback(), EventType.EXECUTED | EventType.ERROR)
 
     def loaded(self) -> int:
-        return len(self.scheduler.store.task_states())
+        return len(self.scheduler.get_tasks())  # registered and synced with the store
 
     def stop(self) -> None:
         self.scheduler.stop(wait=True, timeout=30)

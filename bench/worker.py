@@ -74,10 +74,7 @@ def burst(system: str, directory: Path, jobs: int = 20_000) -> dict[str, Any]:
         target.add_once(f"b{i}", when, finish)
     target.flush()
     assert time.time() < due, "adding took longer than planned"
-    deadline = due + 300
-    while len(FINISHED) < jobs - target.missed() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.5)  # late stragglers and missed-events
+    _wait_for_quiet(target, jobs, due)
     target.stop()
     elapsed = max(FINISHED) - due if FINISHED else None
     return {
@@ -87,6 +84,18 @@ def burst(system: str, directory: Path, jobs: int = 20_000) -> dict[str, Any]:
         "seconds": elapsed,
         "jobs_per_s": len(FINISHED) / elapsed if elapsed else None,
     }
+
+
+def _wait_for_quiet(target: Any, expected: int, due: float, quiet: float = 3.0) -> None:
+    """Until ``expected`` jobs finished or were reported missed, or nothing happened
+    for ``quiet`` seconds after ``due``. Reads two counters: no scheduler calls."""
+    last_count, last_change = -1, time.time()
+    while (count := len(FINISHED) + target.missed()) < expected:
+        time.sleep(0.005)
+        if count != last_count:
+            last_count, last_change = count, time.time()
+        elif time.time() > max(due, last_change) + quiet:
+            return
 
 
 def _add_rate(target: Any, probes: int = 300) -> float:

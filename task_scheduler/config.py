@@ -21,7 +21,6 @@ import importlib
 import json
 import os
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -217,6 +216,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: dict[str, str] | N
 
 def _parse(text: str, source: str) -> dict[str, Any]:
     if source.endswith(".toml"):
+        import tomllib
+
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

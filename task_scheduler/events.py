@@ -62,6 +62,10 @@ class EventDispatcher:
         with self._lock:
             self._listeners = [(cb, mask) for cb, mask in self._listeners if cb is not callback]
 
+    def __bool__(self) -> bool:
+        """Whether anyone listens (callers skip building events otherwise)."""
+        return bool(self._listeners)
+
     def emit(self, event: SchedulerEvent) -> None:
         for callback, mask in self._listeners:
             if event.type & mask:

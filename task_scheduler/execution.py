@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from task_scheduler.logs import run_context
@@ -51,26 +50,17 @@ def execute_attempt(task: BaseTask, record: RunRecord, context: TaskContext, now
         elif state is RunState.INTERRUPTED:
             error = f"interrupted: {context.cancel_reason}"
         output = context.output
-        if output is None and result not in (None, True, False):
+        if output is None and result is not None and result is not True and result is not False:
             output = repr(result)[:_RESULT_LIMIT]
-        final = replace(
-            record,
-            state=state,
-            started_at=started,
-            finished_at=finished,
-            exit_code=context.exit_code,
-            error=error if state is not RunState.SUCCEEDED else None,
-            output=output,
-        )
-        log = logger.info if state is RunState.SUCCEEDED else logger.warning
-        log(
-            "task %s %s in %.3fs%s",
-            task.task_id,
-            state.value,
-            final.duration or 0.0,
-            f": {final.error}" if final.error else "",
-        )
-    return final
+        # The record belongs to this attempt from claim to finish: fill it in place.
+        record.state, record.started_at, record.finished_at = state, started, finished
+        record.exit_code, record.output = context.exit_code, output
+        record.error = error if state is not RunState.SUCCEEDED else None
+        if state is RunState.SUCCEEDED:
+            logger.info("task %s succeeded in %.3fs", task.task_id, (finished - started).total_seconds())
+        else:
+            logger.warning("task %s %s in %.3fs: %s", task.task_id, state.value, record.duration or 0.0, record.error)
+    return record
 
 
 def _outcome(result: object, error: str | None, context: TaskContext) -> RunState:

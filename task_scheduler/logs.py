@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
-
 from task_scheduler.config import SchedulerConfig, parse_size
 from task_scheduler.redact import redact_text
 
@@ -72,11 +70,16 @@ class PlainFormatter(logging.Formatter):
         return redact_text(line)
 
 
-class RedactingJsonFormatter(JsonFormatter):
-    """python-json-logger's formatter, with secret values masked in the output."""
+def _json_formatter(fields: str, rename: dict[str, str], datefmt: str) -> logging.Formatter:
+    """python-json-logger's formatter, with secret values masked in the output
+    (imported only when JSON logs are configured)."""
+    from pythonjsonlogger.json import JsonFormatter
 
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+    class RedactingJsonFormatter(JsonFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return redact_text(super().format(record))
+
+    return RedactingJsonFormatter(fields, rename_fields=rename, datefmt=datefmt)
 
 
 class ResilientFileHandler(logging.handlers.RotatingFileHandler):
@@ -155,5 +158,5 @@ def configure_logging(config: SchedulerConfig) -> Path | None:
 def _formatter(kind: str) -> logging.Formatter:
     if kind == "json":
         fields: dict[str, Any] = {"levelname": "level", "asctime": "time", "name": "logger"}
-        return RedactingJsonFormatter(JSON_FIELDS, rename_fields=fields, datefmt="%Y-%m-%dT%H:%M:%S%z")
+        return _json_formatter(JSON_FIELDS, fields, "%Y-%m-%dT%H:%M:%S%z")
     return PlainFormatter()

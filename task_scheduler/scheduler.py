@@ -23,13 +23,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from types import FrameType
 from typing import Any
-
-import psutil
 
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
@@ -45,6 +44,9 @@ from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask, Tas
 __all__ = ["TaskScheduler"]
 
 logger = logging.getLogger(__name__)
+# What tasks log through ``context.logger``; every record carries task_id and run_id
+# (see logs.py), so one logger serves all tasks (a logger per task costs ~1 KB each).
+TASK_LOGGER = logging.getLogger("task_scheduler.task")
 
 _EVENT_FOR_STATE = {
     RunState.SUCCEEDED: EventType.EXECUTED,
@@ -56,7 +58,7 @@ _EVENT_FOR_STATE = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     """A registered task with its effective (defaults-applied) settings."""
 
@@ -68,15 +70,15 @@ class _Entry:
     from_config: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Active:
-    """A run handed to the pool and not yet collected."""
+    """A claimed run from its submission until its outcome is collected."""
 
     record: RunRecord
     context: TaskContext
-    deadline: datetime | None
-    future: Future[None] | None = None
-    started: float = field(default_factory=time.monotonic)
+    entry: _Entry
+    deadline: datetime | None = None
+    launched: bool = False  # handed to the workers (False: waiting for its jitter)
 
 
 class TaskScheduler:
@@ -117,6 +119,14 @@ class TaskScheduler:
         self._active: dict[str, _Active] = {}
         self._finished: deque[RunRecord] = deque()
         self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
+        self._deadlines: list[tuple[datetime, str]] = []  # (deadline, run_id) of function runs
+        # The workers: ``max_workers`` "drains" on the ThreadPoolExecutor, each running
+        # queued runs one after another. A future per drain instead of per run keeps
+        # the cost of a run to a deque append; concurrency is the same.
+        self._queue: deque[_Active] = deque()
+        self._drains = 0
+        self._in_flight = 0  # launched runs whose outcome is not collected yet
+        self._progress = threading.Condition(threading.Lock())
         self._events = EventDispatcher()
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -127,7 +137,7 @@ class TaskScheduler:
         self._executor: ThreadPoolExecutor | None = None
         self._started_at: float | None = None
         self._stopped = False
-        self._claim_limit = max(100, settings.max_workers * 8)
+        self._claim_limit = max(500, settings.max_workers * 50)
         self._host = socket.gethostname()
         self._node: NodeInfo | None = None
         self._next_heartbeat = 0.0  # on the monotonic clock
@@ -164,8 +174,11 @@ class TaskScheduler:
                 self._entries[entry.task.task_id] = entry
                 if not entry.task.enabled and not states[entry.task.task_id].paused:
                     self.store.set_paused(entry.task.task_id, True)
-        for entry in entries:
-            logger.info("added task %s: %s", entry.task.task_id, entry.rule.describe())
+        if len(entries) > 20:
+            logger.info("added %d tasks", len(entries))
+        else:
+            for entry in entries:
+                logger.info("added task %s: %s", entry.task.task_id, entry.definition.schedule)
         self._wake.set()
 
     def _entry(self, task: BaseTask, rule: ScheduleRule, now: datetime, from_config: bool) -> _Entry:
@@ -179,13 +192,13 @@ class TaskScheduler:
             task.bind(self.config.base_dir, self.config.data_dir, self.config.allowed_script_dirs)
         rule = rule.with_timezone(self.timezone)
         timeout = task.timeout if task.timeout is not None else defaults.default_timeout
-        retry = RetryPolicy(
-            max_retries=task.max_retries if task.max_retries is not None else defaults.max_retries,
-            retry_delay=task.retry_delay if task.retry_delay is not None else defaults.retry_delay,
-            backoff=task.retry_backoff or Backoff(defaults.retry_backoff),
-            max_delay=defaults.max_retry_delay,
-            retry_on_timeout=defaults.retry_on_timeout,
-            jitter=defaults.retry_jitter,
+        retry = _retry_policy(
+            task.max_retries if task.max_retries is not None else defaults.max_retries,
+            task.retry_delay if task.retry_delay is not None else defaults.retry_delay,
+            task.retry_backoff or Backoff(defaults.retry_backoff),
+            defaults.max_retry_delay,
+            defaults.retry_on_timeout,
+            defaults.retry_jitter,
         )
         definition = TaskDefinition(
             task_id=task.task_id,
@@ -291,12 +304,12 @@ class TaskScheduler:
             self._submit(record, now)
         while self._delayed and self._delayed[0][0] <= now:
             _, run_id = heapq.heappop(self._delayed)
-            self._launch(run_id, now)
+            if run_id in self._active:
+                self._launch(self._active[run_id], now)
         if claim.more:
             return 0.0
         wake_times = [claim.next_due] if claim.next_due else []
-        wake_times += [self._delayed[0][0]] if self._delayed else []
-        wake_times += [a.deadline for a in list(self._active.values()) if a.deadline and not a.context.cancelled]
+        wake_times += [heap[0][0] for heap in (self._delayed, self._deadlines) if heap]
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         return interval
@@ -350,110 +363,139 @@ class TaskScheduler:
     def _submit(self, record: RunRecord, now: datetime) -> None:
         entry = self._entries.get(record.task_id)
         if entry is None:
-            error = "task is not registered in this process"
-            self.store.finish([replace(record, state=RunState.FAILED, finished_at=now, error=error)])
+            record.state, record.finished_at = RunState.FAILED, now
+            record.error = "task is not registered in this process"
+            self.store.finish([record])
             return
         context = TaskContext(
-            task_id=record.task_id,
-            run_id=record.run_id,
-            scheduled_for=record.scheduled_for,
-            attempt=record.attempt,
-            logger=logging.getLogger(f"task_scheduler.task.{record.task_id}"),
-            timeout=entry.timeout,
+            record.task_id, record.run_id, record.scheduled_for, record.attempt, TASK_LOGGER, entry.timeout
         )
+        active = _Active(record, context, entry)
         with self._lock:
-            self._active[record.run_id] = _Active(record, context, None)
+            self._active[record.run_id] = active
         start_at = now
-        if not record.manual and record.attempt == 1:
+        if entry.rule.jitter and not record.manual and record.attempt == 1:
             start_at = record.scheduled_for + entry.rule.jitter_offset(record.task_id, record.scheduled_for)
         if start_at > now:  # jitter: the run waits in the loop's heap, not in a worker
             heapq.heappush(self._delayed, (start_at, record.run_id))
         else:
-            self._launch(record.run_id, now)
+            self._launch(active, now)
 
-    def _launch(self, run_id: str, now: datetime) -> None:
-        active = self._active.get(run_id)
-        entry = self._entries.get(active.record.task_id) if active else None
-        if active is None or entry is None:
-            return
+    def _launch(self, active: _Active, now: datetime) -> None:
+        entry = active.entry
         # Scripts enforce their own timeout (and kill their process group); other
         # tasks get their cancel event set by the loop at the deadline.
         if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
             active.deadline = now + timedelta(seconds=entry.timeout)
-        executor = self._executor or self._start_executor()
-        active.future = executor.submit(self._work, entry.task, active.record, active.context)
-        self._emit(active.record, now, EventType.SUBMITTED)
+            heapq.heappush(self._deadlines, (active.deadline, active.record.run_id))
+        active.launched = True
+        self._queue.append(active)
+        with self._progress:
+            self._in_flight += 1
+            start_drain = self._drains < self.config.scheduler.max_workers
+            if start_drain:
+                self._drains += 1
+        if start_drain:
+            (self._executor or self._start_executor()).submit(self._drain)
+        if self._events:
+            self._emit(active.record, now, EventType.SUBMITTED)
 
-    def _work(self, task: BaseTask, record: RunRecord, context: TaskContext) -> None:
-        final = execute_attempt(task, record, context, self.clock.now)
-        self._finished.append(final)
-        self._wake.set()
+    def _drain(self) -> None:
+        """A worker: run queued runs until the queue is empty. (deque append and
+        popleft are atomic; the lock only guards the decision to exit, so a run
+        queued meanwhile is never stranded.)"""
+        while True:
+            try:
+                active = self._queue.popleft()
+            except IndexError:
+                with self._progress:
+                    if self._queue:
+                        continue
+                    self._drains -= 1
+                    return
+            if active.context.cancelled:  # cancelled (replace, stop) before it started
+                record = active.record
+                record.state, record.finished_at = RunState.INTERRUPTED, self.clock.now()
+                record.error = f"interrupted before it started: {active.context.cancel_reason}"
+                final = record
+            else:
+                final = execute_attempt(active.entry.task, active.record, active.context, self.clock.now)
+            with self._progress:
+                self._finished.append(final)
+                first = len(self._finished) == 1
+                self._progress.notify_all()
+            if first:  # one wake per batch: the loop collects everything finished so far
+                self._wake.set()
 
     def _collect_finished(self, now: datetime) -> None:
-        records: list[RunRecord] = []
-        while self._finished:
-            records.append(self._finished.popleft())
+        with self._progress:
+            records = list(self._finished)
+            self._finished.clear()
         if not records:
             return
         retries: list[Retry] = []
-        for record in records:
-            with self._lock:
-                self._active.pop(record.run_id, None)
-                entry = self._entries.get(record.task_id)
-            # Retries decided during shutdown are stored too: the next start runs them.
-            retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
-            if retry is not None:
-                retries.append(retry)
+        with self._lock:
+            for record in records:
+                active = self._active.pop(record.run_id, None)
+                entry = active.entry if active else self._entries.get(record.task_id)
+                # Retries decided during shutdown are stored too: the next start runs them.
+                retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
+                if retry is not None:
+                    retries.append(retry)
         self.store.finish(records, retries)
-        retried = {retry.record.run_id: retry.due_at for retry in retries}
-        for record in records:
-            self._emit(record, now)
-            if record.run_id in retried:
-                logger.info(
-                    "task %s attempt %d failed; retry at %s",
-                    record.task_id,
-                    record.attempt,
-                    retried[record.run_id].isoformat(),
-                )
-                self._emit(record, now, EventType.RETRY, retried[record.run_id])
+        with self._progress:
+            self._in_flight -= len(records)
+            self._progress.notify_all()
+        for retry in retries:
+            record = retry.record
+            logger.info(
+                "task %s attempt %d failed; retry at %s", record.task_id, record.attempt, retry.due_at.isoformat()
+            )
+        if self._events:
+            retried = {retry.record.run_id: retry.due_at for retry in retries}
+            for record in records:
+                self._emit(record, now)
+                if record.run_id in retried:
+                    self._emit(record, now, EventType.RETRY, retried[record.run_id])
 
     def _enforce_timeouts(self, now: datetime) -> None:
-        for active in list(self._active.values()):
-            if active.deadline is not None and now >= active.deadline and not active.context.cancelled:
-                logger.warning(
-                    "task %s run %s passed its timeout of %ss; cancelling",
-                    active.record.task_id,
-                    active.record.run_id,
-                    active.context.timeout,
-                )
-                active.context.cancel(CANCEL_TIMEOUT)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, run_id = heapq.heappop(self._deadlines)
+            active = self._active.get(run_id)
+            if active is None or active.context.cancelled:
+                continue
+            logger.warning(
+                "task %s run %s passed its timeout of %ss; cancelling",
+                active.record.task_id,
+                run_id,
+                active.context.timeout,
+            )
+            active.context.cancel(CANCEL_TIMEOUT)
 
     def _emit(
         self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
     ) -> None:
+        if not self._events:
+            return
         kind = kind or _EVENT_FOR_STATE.get(record.state)
         if kind is not None:
             self._events.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
 
     def wait_for_runs(self, timeout: float | None = None) -> bool:
-        """Block until every submitted run has finished and been recorded; False on
-        timeout. Meant for tests and scripts that drive `run_due` themselves."""
+        """Block until every launched run has finished and been recorded; False on
+        timeout. Meant for tests and scripts that drive `run_due` themselves (the
+        loop thread, if started, may collect the outcomes first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._lock:
-                futures = [a.future for a in self._active.values() if a.future is not None]
-            for future in futures:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    future.result(remaining)
-                except TimeoutError:
-                    return False
-                except Exception:  # noqa: BLE001 - _work never raises; cancelled futures do
-                    pass
             self._collect_finished(self.clock.now())
-            with self._lock:
-                if not any(a.future is not None for a in self._active.values()):
+            with self._progress:
+                if self._in_flight == 0:
                     return True
+                if not self._finished:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._progress.wait(remaining)
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -489,6 +531,8 @@ class TaskScheduler:
         if stale:
             self.store.remove_tasks(stale)
             logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(sorted(stale)))
+        import psutil  # imported when needed: start-up time matters
+
         for node in self.store.nodes():
             if node.host == self._host and node.node_id != self.node_id and not psutil.pid_exists(node.pid):
                 for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
@@ -531,9 +575,9 @@ class TaskScheduler:
         if self._active:
             logger.info("stopping: waiting up to %ss for %d running task(s)", limit if wait else 0, len(self._active))
         if not wait or not self.wait_for_runs(limit):
+            # Queued runs are recorded INTERRUPTED without starting; running scripts
+            # are killed with their process group; functions are asked to stop.
             for active in list(self._active.values()):
-                if active.future is not None and active.future.cancel():
-                    continue  # never started
                 active.context.cancel(CANCEL_SHUTDOWN)
             self.wait_for_runs(self.config.tasks.kill_grace + 1.0)
         now = self.clock.now()
@@ -672,11 +716,21 @@ class TaskScheduler:
         self.stop(wait=True)
 
 
+@lru_cache(maxsize=256)
+def _retry_policy(
+    max_retries: int, retry_delay: float, backoff: Backoff, max_delay: float, on_timeout: bool, jitter: float
+) -> RetryPolicy:
+    """Tasks with the same settings share one (immutable) policy."""
+    return RetryPolicy(max_retries, retry_delay, backoff, max_delay, on_timeout, jitter)
+
+
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
 def _process_stats() -> dict[str, Any]:
+    import psutil
+
     process = psutil.Process()
     with process.oneshot():
         memory = process.memory_info()

@@ -23,6 +23,7 @@ Time zones and DST (the semantics users trip on):
 from __future__ import annotations
 
 import calendar
+import copy
 import os
 import zlib
 from bisect import bisect_left
@@ -32,8 +33,6 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from task_scheduler.errors import ScheduleError
 
@@ -116,9 +115,12 @@ class ScheduleRule:
     the task id and the occurrence, so restarts and nodes agree on it).
     """
 
+    __slots__ = ("_arguments", "_fingerprint", "end", "jitter", "start", "timezone")
     schedule_type: ClassVar[ScheduleType]
     timezone: tzinfo | None
-    _arguments: dict[str, Any]  # the constructor's arguments, to rebuild in another zone
+    # The constructor's arguments when they include naive datetimes, which must be
+    # read again in the scheduler's zone (see with_timezone); otherwise None.
+    _arguments: dict[str, Any] | None
 
     def __new__(cls, schedule_type: ScheduleType | str | None = None, /, **_: Any) -> ScheduleRule:
         if cls is ScheduleRule:
@@ -137,7 +139,14 @@ class ScheduleRule:
         start: datetime | str | None,
         end: datetime | str | None,
         jitter: float,
+        arguments: dict[str, Any],
     ) -> None:
+        self._fingerprint: str | None = None
+        naive = any(
+            isinstance(v, str) or (isinstance(v, datetime) and v.tzinfo is None)
+            for v in (start, end, arguments.get("run_at"))
+        )
+        self._arguments = arguments if naive else None
         self.timezone = None if timezone is None else resolve_timezone(timezone)
         zone = self.timezone or UTC
         self.start = None if start is None else _as_aware(start, zone, "start").astimezone(UTC)
@@ -173,14 +182,22 @@ class ScheduleRule:
         """
         if self.timezone is not None:
             return self
-        return type(self)(**{**self._arguments, "timezone": zone})
+        if self._arguments is not None:
+            return type(self)(**{**self._arguments, "timezone": zone})
+        return self._in_zone(zone)
+
+    def _in_zone(self, zone: tzinfo) -> ScheduleRule:
+        """This rule read in ``zone``; only rules that depend on wall time copy."""
+        return self
 
     def fingerprint(self) -> str:
         """A stable text identity: a changed fingerprint means the task is rescheduled."""
-        data = self.to_dict()
-        if isinstance(data.get("timezone"), tzinfo):
-            data["timezone"] = str(data["timezone"])
-        return repr(sorted(data.items()))
+        if self._fingerprint is None:
+            data = self.to_dict()
+            if isinstance(data.get("timezone"), tzinfo):
+                data["timezone"] = str(data["timezone"])
+            self._fingerprint = repr(sorted(data.items()))
+        return self._fingerprint
 
     def jitter_offset(self, task_id: str, fire_time: datetime) -> timedelta:
         """The deterministic delay ``[0, jitter)`` for one occurrence of one task."""
@@ -258,6 +275,7 @@ class IntervalRule(ScheduleRule):
     ``start + k * period``.
     """
 
+    __slots__ = ("period",)
     schedule_type = ScheduleType.INTERVAL
 
     def __init__(
@@ -284,20 +302,12 @@ class IntervalRule(ScheduleRule):
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ScheduleError(f"interval {name} must be a number >= 0, got {value!r}")
-        self._arguments = {
-            "weeks": weeks,
-            "days": days,
-            "hours": hours,
-            "minutes": minutes,
-            "seconds": seconds,
-            "start": start,
-            "end": end,
-            "jitter": jitter,
-        }
         self.period = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         if self.period <= timedelta(0):
             raise ScheduleError("interval must be longer than 0 seconds")
-        self._init_common(timezone, start, end, jitter)
+        arguments = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds,
+                     "start": start, "end": end, "jitter": jitter}  # fmt: skip
+        self._init_common(timezone, start, end, jitter, arguments)
 
     def next_fire_time(self, after: datetime) -> datetime | None:
         after = after.astimezone(UTC)
@@ -330,6 +340,7 @@ class OnceRule(ScheduleRule):
     """Fires once at ``run_at``. A ``run_at`` in the past is due immediately and then
     follows the misfire rules (runs if within ``misfire_grace_time``, else MISSED)."""
 
+    __slots__ = ("run_at",)
     schedule_type = ScheduleType.ONCE
 
     def __init__(
@@ -341,10 +352,9 @@ class OnceRule(ScheduleRule):
         timezone: str | tzinfo | None = None,
         jitter: float = 0,
     ) -> None:
-        self._init_common(timezone, None, None, jitter)
         if run_at is None:
             raise ScheduleError("once: run_at is required")
-        self._arguments = {"run_at": run_at, "jitter": jitter}
+        self._init_common(timezone, None, None, jitter, {"run_at": run_at, "jitter": jitter})
         self.run_at = _as_aware(run_at, self.timezone or UTC, "run_at").astimezone(UTC)
 
     def next_fire_time(self, after: datetime) -> datetime | None:
@@ -462,6 +472,8 @@ def _expand_field(field: str, text: str, expression: str) -> list[Any]:
     probe = ["0", "0", "0", "1", "1", "*"]
     position = _CRON_FIELDS.index(field)
     probe[position] = text
+    from croniter import croniter  # imported on first use: it costs 18 ms at start-up
+
     # croniter wants seconds last unless told otherwise; we always pass six fields.
     try:
         expanded, nth = croniter.expand(" ".join(probe), second_at_beginning=True)
@@ -522,6 +534,7 @@ class CronRule(ScheduleRule):
     See the module docstring for DST.
     """
 
+    __slots__ = ("_spec", "expression", "fields")
     schedule_type = ScheduleType.CRON
 
     def __init__(
@@ -562,10 +575,15 @@ class CronRule(ScheduleRule):
             self.expression = " ".join(fields)
         else:
             raise ScheduleError("cron: an expression or at least one field is required")
-        self._arguments = {"cron": self.expression, "start": start, "end": end, "jitter": jitter}
         self.fields = fields
         self._spec = _parse_cron(fields, self.expression)
-        self._init_common(timezone, start, end, jitter)
+        arguments = {"cron": self.expression, "start": start, "end": end, "jitter": jitter}
+        self._init_common(timezone, start, end, jitter, arguments)
+
+    def _in_zone(self, zone: tzinfo) -> ScheduleRule:
+        clone = copy.copy(self)  # shares the parsed fields
+        clone.timezone, clone._fingerprint = zone, None
+        return clone
 
     @classmethod
     def from_crontab(cls, expression: str, timezone: str | tzinfo | None = None) -> CronRule:

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from task_scheduler.errors import TaskNotFoundError
 from task_scheduler.stores.base import (
@@ -47,7 +48,9 @@ class MemoryStore:
         self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
         self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> SCHEDULED/RUNNING row
         self._leases: dict[str, datetime] = {}
-        self._history: dict[str, deque[RunRecord]] = {}
+        # History as plain tuples: the garbage collector stops tracking tuples of
+        # strings, numbers and datetimes, so a large history costs no GC pauses.
+        self._history: dict[str, deque[tuple[Any, ...]]] = {}
         self._nodes: dict[str, NodeInfo] = {}
         self._max_history = max_history_per_task
 
@@ -112,7 +115,7 @@ class MemoryStore:
         record = rows[run_id]
         record.state, record.node = RunState.RUNNING, node
         self._leases[run_id] = lease_until
-        claim.runs.append(replace(record))
+        claim.runs.append(record)
         return True
 
     def _claim_task(
@@ -137,7 +140,7 @@ class MemoryStore:
             record = RunRecord(new_run_id(), task_id, decision.run, RunState.RUNNING, node=node)
             self._active.setdefault(task_id, {})[record.run_id] = record
             self._leases[record.run_id] = lease_until
-            claim.runs.append(replace(record))
+            claim.runs.append(record)  # shared with the caller, who fills in the outcome
         self._settle(state)
 
     # -- outcomes -------------------------------------------------------------------
@@ -215,7 +218,7 @@ class MemoryStore:
         with self._lock:
             removed = 0
             for task_id, pool in self._history.items():
-                kept = [r for r in pool if older_than is None or (r.finished_at or r.scheduled_for) >= older_than]
+                kept = [r for r in pool if older_than is None or (r[6] or r[2]) >= older_than]
                 if keep_per_task is not None:
                     kept = kept[-keep_per_task:] if keep_per_task else []
                 removed += len(pool) - len(kept)
@@ -234,7 +237,7 @@ class MemoryStore:
     def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
         with self._lock:
             pools = [self._history.get(task_id, deque())] if task_id else list(self._history.values())
-            records = [r for pool in pools for r in pool if state is None or r.state is state]
+            records = [_unpack(r) for pool in pools for r in pool if state is None or r[3] == state.value]
         records.sort(key=lambda r: (r.finished_at or r.scheduled_for, r.scheduled_for), reverse=True)
         return records[:limit]
 
@@ -247,7 +250,7 @@ class MemoryStore:
 
     # -- internals (lock held) ------------------------------------------------------
     def _record_final(self, record: RunRecord, retried: bool = False) -> None:
-        self._history.setdefault(record.task_id, deque(maxlen=self._max_history)).append(record)
+        self._history.setdefault(record.task_id, deque(maxlen=self._max_history)).append(_pack(record))
         state = self._states.get(record.task_id) or self._removed.get(record.task_id)
         if state is not None:
             state.count(record, retried)
@@ -276,3 +279,20 @@ class MemoryStore:
 
     def _running_count(self, task_id: str) -> int:
         return sum(1 for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING)
+
+
+def _pack(record: RunRecord) -> tuple[Any, ...]:
+    return (
+        record.run_id, record.task_id, record.scheduled_for, record.state.value, record.attempt, record.started_at,
+        record.finished_at, record.exit_code, record.error, record.output, record.node, record.manual,
+    )  # fmt: skip
+
+
+def _unpack(row: tuple[Any, ...]) -> RunRecord:
+    run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual = (
+        row
+    )
+    return RunRecord(
+        run_id, task_id, scheduled_for, RunState(state), attempt, started_at, finished_at, exit_code, error, output,
+        node, manual,
+    )  # fmt: skip

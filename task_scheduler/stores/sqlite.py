@@ -104,11 +104,20 @@ _MIGRATIONS: list[str] = [
         store TEXT
     );
     """,
+    # version 2: name and schedule in columns, so listing states parses no JSON
+    """
+    ALTER TABLE tasks ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN schedule TEXT NOT NULL DEFAULT '';
+    UPDATE tasks SET name = coalesce(json_extract(options, '$.name'), ''),
+                     schedule = coalesce(json_extract(options, '$.schedule'), '');
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# SQLite's default limit on variables in one statement is 32,766: IN lists go in chunks.
+_CHUNK = 10_000
 
 _TASK_COLUMNS = (
-    "task_id, fingerprint, options, next_run_at, paused, finished, run_count, success_count, failure_count, "
+    "task_id, fingerprint, name, schedule, next_run_at, paused, finished, run_count, success_count, failure_count, "
     "retry_count, missed_count, skipped_count, interrupted_count, total_duration, last_run_at, last_state, "
     "last_error, last_duration"
 )
@@ -182,33 +191,47 @@ class SQLiteStore:
     # -- registration ---------------------------------------------------------------
     def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
         with self._transaction() as db:
-            states = self._states(db, [d.task_id for d in definitions], include_removed=True)
-            inserts, reschedules, keeps = [], [], []
+            stored: dict[str, tuple[TaskState, str, bool]] = {}
+            for chunk in _chunks([d.task_id for d in definitions]):
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT {_TASK_COLUMNS}, options, removed FROM tasks WHERE task_id IN ({marks})"
+                for row in db.execute(query, chunk):
+                    stored[row[0]] = (_state(row[:-2]), row[-2], bool(row[-1]))
+            inserts, reschedules, updates, changed, states = [], [], [], [], {}
             for definition in definitions:
-                options = json.dumps(definition.options())
-                state = states.get(definition.task_id)
-                if state is None:
-                    state = states[definition.task_id] = TaskState(definition.task_id)
-                    inserts.append((definition.task_id, definition.fingerprint, options))
-                elif state.fingerprint == definition.fingerprint:
-                    keeps.append((options, definition.task_id))
+                task_id, options = definition.task_id, json.dumps(definition.options())
+                state, old_options, removed = stored.get(task_id) or (None, "", False)
+                if state is not None and state.fingerprint == definition.fingerprint:
+                    if options != old_options or removed:  # only what changed is written
+                        updates.append((options, definition.name, definition.schedule, task_id))
                     state.name, state.schedule = definition.name, definition.schedule
+                    states[task_id] = state
                     continue
+                if state is None:
+                    state = TaskState(task_id)
+                    inserts.append((task_id, definition.fingerprint, options, definition.name, definition.schedule))
                 else:
-                    reschedules.append((definition.fingerprint, options, definition.task_id))
+                    reschedules.append((definition.fingerprint, options, definition.name, definition.schedule, task_id))
                 state.fingerprint, state.name, state.schedule = (
                     definition.fingerprint,
                     definition.name,
                     definition.schedule,
                 )
                 state.next_run_at, state.finished = definition.first_fire, definition.first_fire is None
-            db.executemany("INSERT INTO tasks (task_id, fingerprint, options) VALUES (?, ?, ?)", inserts)
-            db.executemany("UPDATE tasks SET fingerprint = ?, options = ? WHERE task_id = ?", reschedules)
-            db.executemany("UPDATE tasks SET options = ? WHERE task_id = ?", keeps)
-            changed = [states[task_id] for task_id, *_ in inserts] + [states[task_id] for *_, task_id in reschedules]
+                states[task_id] = state
+                changed.append(state)
+            db.executemany(
+                "INSERT INTO tasks (task_id, fingerprint, options, name, schedule) VALUES (?, ?, ?, ?, ?)", inserts
+            )
+            db.executemany(
+                "UPDATE tasks SET fingerprint = ?, options = ?, name = ?, schedule = ?, removed = 0 WHERE task_id = ?",
+                reschedules,
+            )
+            db.executemany(
+                "UPDATE tasks SET options = ?, name = ?, schedule = ?, removed = 0 WHERE task_id = ?", updates
+            )
             self._write_states(db, changed)
-            db.executemany("UPDATE tasks SET removed = 0 WHERE task_id = ?", [(d.task_id,) for d in definitions])
-            return {d.task_id: states[d.task_id] for d in definitions}
+            return states
 
     def remove_tasks(self, task_ids: Iterable[str]) -> None:
         with self._transaction() as db:
@@ -468,21 +491,23 @@ class SQLiteStore:
     def _states(
         self, db: sqlite3.Connection, task_ids: list[str] | None, include_removed: bool = False
     ) -> dict[str, TaskState]:
-        where = "" if include_removed else "removed = 0"
-        if task_ids is not None:
-            if not task_ids:
-                return {}
-            marks = ",".join("?" * len(task_ids))
-            where = f"task_id IN ({marks})" + (" AND removed = 0" if not include_removed else "")
-        query = f"SELECT {_TASK_COLUMNS} FROM tasks" + (f" WHERE {where}" if where else "")
-        return {row[0]: _state(row) for row in db.execute(query, task_ids or ())}
+        live = "" if include_removed else " AND removed = 0"
+        if task_ids is None:
+            query = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE 1{live}"
+            return {row[0]: _state(row) for row in db.execute(query)}
+        states: dict[str, TaskState] = {}
+        for chunk in _chunks(task_ids):
+            query = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))}){live}"
+            states.update((row[0], _state(row)) for row in db.execute(query, chunk))
+        return states
 
     def _definitions(self, db: sqlite3.Connection, task_ids: list[str]) -> dict[str, TaskDefinition]:
-        if not task_ids:
-            return {}
-        marks = ",".join("?" * len(task_ids))
-        rows = db.execute(f"SELECT task_id, fingerprint, options FROM tasks WHERE task_id IN ({marks})", task_ids)
-        return {task_id: TaskDefinition.from_options(task_id, fp, json.loads(options)) for task_id, fp, options in rows}
+        definitions = {}
+        for chunk in _chunks(task_ids):
+            query = f"SELECT task_id, fingerprint, options FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})"
+            for task_id, fingerprint, options in db.execute(query, chunk):
+                definitions[task_id] = TaskDefinition.from_options(task_id, fingerprint, json.loads(options))
+        return definitions
 
     def _write_states(self, db: sqlite3.Connection, states: list[TaskState]) -> None:
         db.executemany(
@@ -536,18 +561,22 @@ class SQLiteStore:
         return _from_db(min(candidates)) if candidates else None
 
 
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
 def _state(row: tuple[Any, ...]) -> TaskState:
     (
-        task_id, fingerprint, options, next_run_at, paused, finished, run_count, success_count, failure_count,
+        task_id, fingerprint, name, schedule, next_run_at, paused, finished, run_count, success_count, failure_count,
         retry_count, missed_count, skipped_count, interrupted_count, total_duration, last_run_at, last_state,
         last_error, last_duration,
     ) = row  # fmt: skip
-    info = json.loads(options)
     return TaskState(
         task_id=task_id,
         fingerprint=fingerprint,
-        name=info.get("name", ""),
-        schedule=info.get("schedule", ""),
+        name=name,
+        schedule=schedule,
         next_run_at=_from_db(next_run_at),
         paused=bool(paused),
         finished=bool(finished),

@@ -252,3 +252,23 @@ def test_sqlite_separate_connections_never_share_an_occurrence(tmp_path: Path) -
     for thread in threads:
         thread.join()
     assert got and len(got) == len(set(got))
+
+
+def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    from task_scheduler.stores.sqlite import _MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_MIGRATIONS[0] + ";PRAGMA user_version = 1;")
+        options = json.dumps({**definition().options(), "name": "Old Job", "schedule": "every 10s"})
+        db.execute(
+            "INSERT INTO tasks (task_id, fingerprint, options, paused) VALUES ('job', 'every 10s', ?, 1)", (options,)
+        )
+    store = SQLiteStore(path)
+    state = store.task_states()["job"]
+    version = store._db.execute("PRAGMA user_version").fetchone()[0]
+    store.close()
+    assert (state.name, state.schedule, state.paused, version) == ("Old Job", "every 10s", True, SCHEMA_VERSION)
