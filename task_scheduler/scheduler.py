@@ -78,7 +78,6 @@ class _Active:
     context: TaskContext
     entry: _Entry
     deadline: datetime | None = None
-    launched: bool = False  # handed to the workers (False: waiting for its jitter)
 
 
 class TaskScheduler:
@@ -388,7 +387,6 @@ class TaskScheduler:
         if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
             active.deadline = now + timedelta(seconds=entry.timeout)
             heapq.heappush(self._deadlines, (active.deadline, active.record.run_id))
-        active.launched = True
         self._queue.append(active)
         with self._progress:
             self._in_flight += 1

@@ -301,3 +301,24 @@ def test_background_loop_runs_and_stops(config: SchedulerConfig) -> None:
         scheduler.stop(wait=True, timeout=5)
     assert not scheduler.running
     scheduler.stop()  # idempotent
+
+
+def test_reschedule_remove_listener_and_context_manager(config: SchedulerConfig, clock: ManualClock) -> None:
+    seen: list[str] = []
+
+    def listener(event: Any) -> None:
+        seen.append(event.task_id)
+
+    with TaskScheduler(config, clock=clock) as scheduler:
+        recorder = Recorder(clock)
+        scheduler.add_task(recorder.task("job"), IntervalRule(seconds=10))
+        scheduler.add_listener(listener, EventType.EXECUTED)
+        scheduler.reschedule_task("job", IntervalRule(seconds=3))
+        step(scheduler, clock, 3)
+        scheduler.remove_listener(listener)
+        step(scheduler, clock, 3)
+        assert [when for _, when in recorder.calls] == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=6)]
+        assert seen == ["job"]
+        [first, second] = sorted(scheduler.store.history("job"), key=lambda r: r.scheduled_for)
+        assert first.queue_delay is not None and first.to_dict()["queue_delay"] == first.queue_delay
+    assert not scheduler.running and scheduler._stopped

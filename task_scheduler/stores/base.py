@@ -122,6 +122,7 @@ class RunRecord:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "duration": self.duration,
+            "queue_delay": self.queue_delay,
             "exit_code": self.exit_code,
             "error": self.error,
             "output": self.output,
