@@ -319,6 +319,6 @@ def test_reschedule_remove_listener_and_context_manager(config: SchedulerConfig,
         step(scheduler, clock, 3)
         assert [when for _, when in recorder.calls] == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=6)]
         assert seen == ["job"]
-        [first, second] = sorted(scheduler.store.history("job"), key=lambda r: r.scheduled_for)
+        [first, _] = sorted(scheduler.store.history("job"), key=lambda r: r.scheduled_for)
         assert first.queue_delay is not None and first.to_dict()["queue_delay"] == first.queue_delay
     assert not scheduler.running and scheduler._stopped
