@@ -3,7 +3,12 @@ hands them to a thread pool.
 
 The loop sleeps on an Event until the earliest due time, never longer than
 ``check_interval``; adding, triggering or finishing a run wakes it early. One step of
-the loop is `TaskScheduler.run_due`, which tests call with a fixed ``now``.
+the loop is `TaskScheduler.run_due`, which tests call with a fixed ``now``. The wall
+clock (``clock.now()``) gives due times; the monotonic clock paces maintenance.
+
+Claimed runs go to a queue that at most ``max_workers`` "drains" on a
+ThreadPoolExecutor empty, one run after another: the same concurrency as a future per
+run, at a fraction of the cost per run.
 
 Where the design differs from "the scheduler keeps a heap": the heap of due times
 lives in the store (the memory store keeps one; a database keeps an index), and the
@@ -26,7 +31,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import lru_cache
 from types import FrameType
 from typing import Any
 
@@ -36,10 +40,12 @@ from task_scheduler.errors import TaskError, TaskNotFoundError, TaskSchedulerErr
 from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, CANCEL_TIMEOUT, execute_attempt, retry_for
 from task_scheduler.logs import configure_logging
+from task_scheduler.monitoring import group_running, process_stats, task_status, totals
+from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
-from task_scheduler.stores.base import NodeInfo, Retry, RunRecord, RunState, TaskDefinition, TaskState
-from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask, TaskContext
+from task_scheduler.stores.base import NodeInfo, Retry, RunRecord, RunState
+from task_scheduler.tasks import BaseTask, ScriptTask, TaskContext
 
 __all__ = ["TaskScheduler"]
 
@@ -59,24 +65,12 @@ _EVENT_FOR_STATE = {
 
 
 @dataclass(slots=True)
-class _Entry:
-    """A registered task with its effective (defaults-applied) settings."""
-
-    task: BaseTask
-    rule: ScheduleRule
-    definition: TaskDefinition
-    retry: RetryPolicy
-    timeout: float | None
-    from_config: bool = False
-
-
-@dataclass(slots=True)
 class _Active:
     """A claimed run from its submission until its outcome is collected."""
 
     record: RunRecord
     context: TaskContext
-    entry: _Entry
+    entry: Registered
     deadline: datetime | None = None
 
 
@@ -114,15 +108,12 @@ class TaskScheduler:
         self.lease = timedelta(seconds=self.config.store.lease_seconds)
         self._owns_store = store is None
         self.store: Store = store if store is not None else open_store(self.config)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Registered] = {}
         self._active: dict[str, _Active] = {}
         self._finished: deque[RunRecord] = deque()
         self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
         self._deadlines: list[tuple[datetime, str]] = []  # (deadline, run_id) of function runs
-        # The workers: ``max_workers`` "drains" on the ThreadPoolExecutor, each running
-        # queued runs one after another. A future per drain instead of per run keeps
-        # the cost of a run to a deque append; concurrency is the same.
-        self._queue: deque[_Active] = deque()
+        self._queue: deque[_Active] = deque()  # launched runs waiting for a drain (see module doc)
         self._drains = 0
         self._in_flight = 0  # launched runs whose outcome is not collected yet
         self._progress = threading.Condition(threading.Lock())
@@ -161,7 +152,7 @@ class TaskScheduler:
     ) -> None:
         """Register many tasks in one store transaction (all or none)."""
         now = self.clock.now()
-        entries = [self._entry(task, rule, now, from_config) for task, rule in pairs]
+        entries = [register(task, rule, self.config, self.timezone, now, from_config) for task, rule in pairs]
         ids = Counter(entry.task.task_id for entry in entries)
         duplicates = {task_id for task_id, count in ids.items() if count > 1}
         with self._lock:
@@ -179,41 +170,6 @@ class TaskScheduler:
             for entry in entries:
                 logger.info("added task %s: %s", entry.task.task_id, entry.definition.schedule)
         self._wake.set()
-
-    def _entry(self, task: BaseTask, rule: ScheduleRule, now: datetime, from_config: bool) -> _Entry:
-        if not isinstance(task, BaseTask):
-            raise TaskError(f"expected a BaseTask, got {task!r}")
-        if not isinstance(rule, ScheduleRule):
-            raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
-        defaults = self.config.tasks
-        settings = self.config.scheduler
-        if isinstance(task, ScriptTask):
-            task.bind(self.config.base_dir, self.config.data_dir, self.config.allowed_script_dirs)
-        rule = rule.with_timezone(self.timezone)
-        timeout = task.timeout if task.timeout is not None else defaults.default_timeout
-        retry = _retry_policy(
-            task.max_retries if task.max_retries is not None else defaults.max_retries,
-            task.retry_delay if task.retry_delay is not None else defaults.retry_delay,
-            task.retry_backoff or Backoff(defaults.retry_backoff),
-            defaults.max_retry_delay,
-            defaults.retry_on_timeout,
-            defaults.retry_jitter,
-        )
-        definition = TaskDefinition(
-            task_id=task.task_id,
-            fingerprint=rule.fingerprint(),
-            first_fire=rule.first_fire_time(now),
-            misfire_grace_time=_first(task.misfire_grace_time, settings.misfire_grace_time),
-            coalesce=_first(task.coalesce, settings.coalesce),
-            catch_up=_first(task.catch_up, settings.catch_up),
-            max_instances=task.max_instances,
-            concurrency_policy=task.concurrency_policy,
-            max_runs=task.max_runs,
-            recover=task.recover,
-            name=task.name,
-            schedule=rule.describe(),
-        )
-        return _Entry(task, rule, definition, retry, timeout, from_config)
 
     def remove_task(self, task_id: str) -> None:
         """Unschedule a task (a run in progress finishes); its history is kept."""
@@ -257,7 +213,7 @@ class TaskScheduler:
         with self._lock:
             return [entry.task for entry in self._entries.values()]
 
-    def _get(self, task_id: str) -> _Entry:
+    def _get(self, task_id: str) -> Registered:
         with self._lock:
             entry = self._entries.get(task_id)
         if entry is None:
@@ -614,8 +570,10 @@ class TaskScheduler:
 
     def reload_config(self) -> bool:
         """Re-read the config file: added jobs are scheduled, removed ones dropped,
-        changed ones rescheduled. An invalid file is logged and changes nothing.
-        Tasks added through the API are left alone. Returns whether it applied."""
+        changed ones rescheduled, task defaults and logging applied. An invalid file is
+        logged and changes nothing. Tasks added through the API are left alone. The
+        ``scheduler`` and ``store`` sections (workers, zone, store) apply at the next
+        start. Returns whether it applied."""
         if not self.config.source:
             logger.warning("reload requested but the scheduler has no config file")
             return False
@@ -625,117 +583,58 @@ class TaskScheduler:
         except TaskSchedulerError as exc:
             logger.error("config reload rejected, keeping the running config: %s", exc)
             return False
+        if (config.scheduler, config.store) != (self.config.scheduler, self.config.store):
+            logger.warning("the scheduler and store sections changed; they apply at the next start")
+            config.scheduler, config.store = self.config.scheduler, self.config.store
         with self._lock:
             old = {task_id for task_id, entry in self._entries.items() if entry.from_config}
         new_ids = {task.task_id for task, _ in pairs}
         for task_id in old - new_ids:
             self.remove_task(task_id)
+        self.config = config
         self.add_tasks(pairs, replace_existing=True, from_config=True)
         configure_logging(config)
-        self.config = config
         logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
         return True
 
     # -- status ---------------------------------------------------------------------
     def get_task_status(self, task_id: str | None = None) -> dict[str, Any]:
-        """One task's status and stats, or (no argument) the totals with every task's
-        status under ``tasks``. Times are ISO 8601 in the scheduler's zone;
-        ``success_rate`` is a percentage of completed runs."""
+        """One task's status and stats (status, run_count, success_count,
+        failure_count, success_rate, last_run_time, next_run_time, last_error,
+        average_duration, ...), or with no argument the totals (total_tasks,
+        running_tasks, ...) with every task's status under ``tasks``. Times are ISO
+        8601 in the scheduler's zone; ``success_rate`` is a percentage."""
         states = self.store.task_states()
         with self._lock:
-            entries = dict(self._entries)
-            active = list(self._active.values())
+            entries = dict(self._entries) if task_id is None else {task_id: self._entries.get(task_id)}
+            running = group_running((a.record.task_id, a.record, a.deadline) for a in self._active.values())
         now = self.clock.now()
+
+        def status(entry: Registered) -> dict[str, Any]:
+            tid = entry.task.task_id
+            options = {**entry.task.options(), "timeout": entry.timeout}
+            return task_status(options, states[tid], running.get(tid, []), now, self.timezone)
+
         if task_id is not None:
-            if task_id not in entries or task_id not in states:
+            entry = entries[task_id]
+            if entry is None or task_id not in states:
                 raise TaskNotFoundError(task_id)
-            return self._status(entries[task_id], states[task_id], active, now)
-        tasks = {tid: self._status(e, states[tid], active, now) for tid, e in entries.items() if tid in states}
-        totals: dict[str, Any] = {
-            "scheduler_running": self.running,
-            "node_id": self.node_id,
-            "uptime_seconds": None if self._started_at is None else round(time.monotonic() - self._started_at, 3),
-            "total_tasks": len(tasks),
-            "running_tasks": sum(1 for t in tasks.values() if t["running_instances"]),
-            "running_runs": len(active),
-            "paused_tasks": sum(1 for t in tasks.values() if t["status"] == "paused"),
-            "finished_tasks": sum(1 for t in tasks.values() if t["status"] == "finished"),
-            "total_runs": sum(t["run_count"] for t in tasks.values()),
-            "successful_runs": sum(t["success_count"] for t in tasks.values()),
-            "failed_runs": sum(t["failure_count"] for t in tasks.values()),
-            "tasks": tasks,
-        }
+            return status(entry)
+        result = totals(
+            {tid: status(e) for tid, e in entries.items() if e is not None and tid in states},
+            sum(len(runs) for runs in running.values()),
+        )
+        result.update(
+            scheduler_running=self.running,
+            node_id=self.node_id,
+            uptime_seconds=None if self._started_at is None else round(time.monotonic() - self._started_at, 3),
+        )
         if self.config.scheduler.enable_monitoring:
-            totals["process"] = _process_stats()
-        return totals
-
-    def _status(self, entry: _Entry, state: TaskState, active: list[_Active], now: datetime) -> dict[str, Any]:
-        mine = [a for a in active if a.record.task_id == entry.task.task_id]
-        if mine:
-            status = "running"
-        elif state.paused:
-            status = "paused"
-        elif state.finished:
-            status = "finished"
-        else:
-            status = "scheduled"
-        completed = state.run_count
-        return {
-            **entry.task.options(),
-            "timeout": entry.timeout,
-            "status": status,
-            "schedule": entry.rule.describe(),
-            "paused": state.paused,
-            "run_count": state.run_count,
-            "success_count": state.success_count,
-            "failure_count": state.failure_count,
-            "retry_count": state.retry_count,
-            "missed_count": state.missed_count,
-            "skipped_count": state.skipped_count,
-            "interrupted_count": state.interrupted_count,
-            "success_rate": round(100.0 * state.success_count / completed, 2) if completed else None,
-            "average_duration": round(state.total_duration / completed, 6) if completed else None,
-            "last_duration": state.last_duration,
-            "last_run_time": self._local(state.last_run_at),
-            "last_state": state.last_state.value if state.last_state else None,
-            "last_error": state.last_error,
-            "next_run_time": self._local(state.next_run_at) if not state.paused else None,
-            "running_instances": len(mine),
-            "overdue_runs": [a.record.run_id for a in mine if a.deadline is not None and now > a.deadline],
-        }
-
-    def _local(self, moment: datetime | None) -> str | None:
-        return moment.astimezone(self.timezone).isoformat() if moment else None
+            result["process"] = process_stats()
+        return result
 
     def __enter__(self) -> TaskScheduler:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(wait=True)
-
-
-@lru_cache(maxsize=256)
-def _retry_policy(
-    max_retries: int, retry_delay: float, backoff: Backoff, max_delay: float, on_timeout: bool, jitter: float
-) -> RetryPolicy:
-    """Tasks with the same settings share one (immutable) policy."""
-    return RetryPolicy(max_retries, retry_delay, backoff, max_delay, on_timeout, jitter)
-
-
-def _first(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _process_stats() -> dict[str, Any]:
-    import psutil
-
-    process = psutil.Process()
-    with process.oneshot():
-        memory = process.memory_info()
-        return {
-            "pid": process.pid,
-            "rss_bytes": memory.rss,
-            "threads": process.num_threads(),
-            "cpu_percent": process.cpu_percent(interval=None),
-            "open_files": len(process.open_files()),
-        }

@@ -1,0 +1,87 @@
+"""Registering a task: checking it and resolving its settings against the config.
+
+A task leaves unset (None) what the config's ``tasks`` and ``scheduler`` sections
+decide by default; `register` fills that in once, binds the rule to the scheduler's
+zone and a script to its directories, and yields what the store must know (a
+`TaskDefinition`) next to what the scheduler keeps (the task, rule and policies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from task_scheduler.errors import TaskError
+from task_scheduler.schedules import ScheduleRule
+from task_scheduler.stores.base import TaskDefinition
+from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask
+
+if TYPE_CHECKING:
+    from task_scheduler.config import SchedulerConfig
+
+__all__ = ["Registered", "register"]
+
+
+@dataclass(slots=True)
+class Registered:
+    """A registered task with its effective (defaults-applied) settings."""
+
+    task: BaseTask
+    rule: ScheduleRule
+    definition: TaskDefinition
+    retry: RetryPolicy
+    timeout: float | None
+    from_config: bool = False
+
+
+def register(
+    task: BaseTask, rule: ScheduleRule, config: SchedulerConfig, zone: tzinfo, now: datetime, from_config: bool
+) -> Registered:
+    """Check ``task`` and ``rule`` and resolve their settings; raises TaskError
+    (a missing or disallowed script, a wrong type) naming the task."""
+    if not isinstance(task, BaseTask):
+        raise TaskError(f"expected a BaseTask, got {task!r}")
+    if not isinstance(rule, ScheduleRule):
+        raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
+    defaults, settings = config.tasks, config.scheduler
+    if isinstance(task, ScriptTask):
+        task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs)
+    rule = rule.with_timezone(zone)
+    retry = _retry_policy(
+        _first(task.max_retries, defaults.max_retries),
+        _first(task.retry_delay, defaults.retry_delay),
+        task.retry_backoff or Backoff(defaults.retry_backoff),
+        defaults.max_retry_delay,
+        defaults.retry_on_timeout,
+        defaults.retry_jitter,
+    )
+    definition = TaskDefinition(
+        task_id=task.task_id,
+        fingerprint=rule.fingerprint(),
+        first_fire=rule.first_fire_time(now),
+        misfire_grace_time=_first(task.misfire_grace_time, settings.misfire_grace_time),
+        coalesce=_first(task.coalesce, settings.coalesce),
+        catch_up=_first(task.catch_up, settings.catch_up),
+        max_instances=task.max_instances,
+        concurrency_policy=task.concurrency_policy,
+        max_runs=task.max_runs,
+        recover=task.recover,
+        name=task.name,
+        schedule=rule.describe(),
+    )
+    timeout = _first(task.timeout, defaults.default_timeout)
+    return Registered(task, rule, definition, retry, timeout, from_config)
+
+
+@lru_cache(maxsize=256)
+def _retry_policy(
+    max_retries: int, retry_delay: float, backoff: Backoff, max_delay: float, on_timeout: bool, jitter: float
+) -> RetryPolicy:
+    """Tasks with the same settings share one (immutable) policy."""
+    return RetryPolicy(max_retries, retry_delay, backoff, max_delay, on_timeout, jitter)
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
