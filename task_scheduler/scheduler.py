@@ -132,6 +132,7 @@ class TaskScheduler:
         self._node: NodeInfo | None = None
         self._next_heartbeat = 0.0  # on the monotonic clock
         self._next_prune = 0.0
+        self._pruner: threading.Thread | None = None
         self._recovered = False
         self._last_step: tuple[datetime, float] | None = None
         self.add_tasks(self.config.build_tasks(), from_config=True)
@@ -295,13 +296,28 @@ class TaskScheduler:
             for record in self.store.reap(now):
                 logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
                 self._emit(record, now)
-        if monotonic >= self._next_prune:
+        if monotonic >= self._next_prune and not (self._pruner and self._pruner.is_alive()):
             self._next_prune = monotonic + 600
             history = self.config.history
             older_than = now - timedelta(days=history.max_age_days) if history.max_age_days else None
-            pruned = self.store.prune(older_than, history.max_runs_per_task)
-            if pruned:
-                logger.info("pruned %d old run record(s) from the history", pruned)
+            # Off the loop thread: a large prune is many short transactions, and the
+            # loop keeps claiming between them.
+            self._pruner = threading.Thread(
+                target=self._prune,
+                args=(older_than, history.max_runs_per_task),
+                name="task-scheduler-prune",
+                daemon=True,
+            )
+            self._pruner.start()
+
+    def _prune(self, older_than: datetime | None, keep_per_task: int | None) -> None:
+        try:
+            pruned = self.store.prune(older_than, keep_per_task)
+        except TaskSchedulerError as exc:  # the store was closed by stop(), or is broken
+            logger.warning("pruning the history failed: %s", exc)
+            return
+        if pruned:
+            logger.info("pruned %d old run record(s) from the history", pruned)
 
     def _node_info(self, now: datetime) -> NodeInfo:
         if self._node is None:
@@ -541,6 +557,8 @@ class TaskScheduler:
             self._emit(record, now)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pruner is not None:
+            self._pruner.join(timeout=30)
         if self._owns_store:
             self.store.close()
         logger.info("scheduler stopped")

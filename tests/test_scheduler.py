@@ -322,3 +322,24 @@ def test_reschedule_remove_listener_and_context_manager(config: SchedulerConfig,
         [first, _] = sorted(scheduler.store.history("job"), key=lambda r: r.scheduled_for)
         assert first.queue_delay is not None and first.to_dict()["queue_delay"] == first.queue_delay
     assert not scheduler.running and scheduler._stopped
+
+
+def test_history_is_pruned_by_count_and_age(config: SchedulerConfig, clock: ManualClock) -> None:
+    config.history.max_runs_per_task = 3
+    config.history.max_age_days = 1
+    scheduler = TaskScheduler(config, clock=clock)
+    scheduler.add_task(FunctionTask("tick", "tick", lambda: None), IntervalRule(seconds=60))
+    for _ in range(8):
+        step(scheduler, clock, 60)
+    # (the memory store bounds its history with the same setting as it goes)
+    assert len(scheduler.store.history("tick")) == (3 if config.store.url == "memory://" else 8)
+    scheduler.pause_task("tick")  # no new records from here on
+    step(scheduler, clock, 600)  # ten more minutes on the monotonic clock: the pruner runs
+    assert scheduler._pruner is not None
+    scheduler._pruner.join(10)
+    assert len(scheduler.store.history("tick")) == 3
+    clock.advance(2 * 86400)
+    scheduler.run_due()
+    scheduler._pruner.join(10)
+    assert scheduler.store.history("tick") == []  # all older than a day
+    scheduler.stop()

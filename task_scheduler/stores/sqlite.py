@@ -431,20 +431,32 @@ class SQLiteStore:
         return records
 
     def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
+        """Index-driven deletes in short transactions, so claims are never held up
+        for long even with millions of history rows: one range delete by age, then
+        per task that has too many records, a range delete below its cut-off."""
         final = "state NOT IN ('scheduled', 'running')"
-        with self._transaction() as db:
-            removed = 0
-            if older_than is not None:
-                removed += db.execute(
-                    f"DELETE FROM runs WHERE {final} AND finished_at < ?", (_to_db(older_than),)
-                ).rowcount
-            if keep_per_task is not None:
-                removed += db.execute(
-                    f"DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
-                    f"(PARTITION BY task_id ORDER BY finished_at DESC) AS n FROM runs WHERE {final}) WHERE n > ?)",
-                    (keep_per_task,),
-                ).rowcount
+        removed = 0
+        if older_than is not None:
+            with self._transaction() as db:
+                query = f"DELETE FROM runs WHERE finished_at < ? AND {final}"
+                removed += db.execute(query, (_to_db(older_than),)).rowcount
+        if keep_per_task is None:
             return removed
+        with self._transaction() as db:
+            crowded = db.execute(
+                "SELECT task_id FROM runs WHERE finished_at IS NOT NULL GROUP BY task_id HAVING COUNT(*) > ?",
+                (keep_per_task,),
+            ).fetchall()
+        for (task_id,) in crowded:
+            with self._transaction() as db:
+                cutoff = db.execute(
+                    "SELECT finished_at, run_id FROM runs WHERE task_id = ? AND finished_at IS NOT NULL "
+                    "ORDER BY finished_at DESC, run_id DESC LIMIT 1 OFFSET ?",
+                    (task_id, keep_per_task - 1),
+                ).fetchone()
+                query = f"DELETE FROM runs WHERE task_id = ? AND (finished_at, run_id) < (?, ?) AND {final}"
+                removed += db.execute(query, (task_id, *cutoff)).rowcount
+        return removed
 
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
