@@ -107,7 +107,7 @@ class TaskScheduler:
         self.node_id = node_id or settings.node_id or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = timedelta(seconds=self.config.store.lease_seconds)
         self._owns_store = store is None
-        self.store: Store = store if store is not None else open_store(self.config)
+        self.store: Store = store if store is not None else open_store(self.config, service=True)
         self._entries: dict[str, Registered] = {}
         self._active: dict[str, _Active] = {}
         self._finished: deque[RunRecord] = deque()

@@ -35,14 +35,15 @@ def store_path(config: SchedulerConfig) -> Path | None:
     return None
 
 
-def open_store(config: SchedulerConfig) -> Store:
-    """Open the store named by ``config.store.url``."""
+def open_store(config: SchedulerConfig, *, service: bool = False) -> Store:
+    """Open the store named by ``config.store.url``; ``service`` for the long-lived
+    scheduler process (SQLite then checkpoints its log in the background)."""
     url = config.store.url or "sqlite://"
     if url.startswith("memory://"):
         return MemoryStore(config.history.max_runs_per_task or 1000)
     path = store_path(config)
     if path is not None:
-        return SQLiteStore(path)
+        return SQLiteStore(path, checkpoint_interval=1.0 if service else None)
     raise ConfigError(
         f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url"
     )

@@ -272,3 +272,19 @@ def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     version = store._db.execute("PRAGMA user_version").fetchone()[0]
     store.close()
     assert (state.name, state.schedule, state.paused, version) == ("Old Job", "every 10s", True, SCHEMA_VERSION)
+
+
+def test_sqlite_background_checkpoints_move_the_log_into_the_file(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, checkpoint_interval=0.05)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    before = path.stat().st_size
+    store.sync_tasks([definition(f"t{i}") for i in range(2000)])
+    deadline = time.monotonic() + 10
+    while path.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grown = path.stat().st_size > before
+    store.close()
+    assert grown and store._checkpointer is not None and not store._checkpointer.is_alive()
