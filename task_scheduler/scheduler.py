@@ -27,12 +27,12 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
@@ -42,14 +42,15 @@ from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, CANCEL_TI
 from task_scheduler.logs import configure_logging
 from task_scheduler.monitoring import group_running, process_stats, task_status, totals
 from task_scheduler.registry import Registered, register
-from task_scheduler.schedules import ScheduleRule, resolve_timezone
+from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
 from task_scheduler.stores.base import NodeInfo, Retry, RunRecord, RunState
-from task_scheduler.tasks import BaseTask, ScriptTask, TaskContext
+from task_scheduler.tasks import BaseTask, FunctionTask, ScriptTask, TaskContext
 
 __all__ = ["TaskScheduler"]
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 # What tasks log through ``context.logger``; every record carries task_id and run_id
 # (see logs.py), so one logger serves all tasks (a logger per task costs ~1 KB each).
 TASK_LOGGER = logging.getLogger("task_scheduler.task")
@@ -171,6 +172,44 @@ class TaskScheduler:
             for entry in entries:
                 logger.info("added task %s: %s", entry.task.task_id, entry.definition.schedule)
         self._wake.set()
+
+    def scheduled(
+        self,
+        rule: ScheduleRule | None = None,
+        *,
+        task_id: str | None = None,
+        cron: str | None = None,
+        interval: float | None = None,
+        once: datetime | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: schedule a function as a `FunctionTask` and return it unchanged.
+
+        Give a rule, or exactly one of ``cron`` (an expression), ``interval``
+        (seconds) or ``once`` (a datetime). ``task_id`` defaults to the function's
+        module and qualified name; ``options`` are FunctionTask options
+        (``max_retries``, ``timeout``, ``max_instances`` ...)::
+
+            @scheduler.scheduled(cron="*/5 * * * * *", max_retries=3)
+            def sync_data() -> None: ...
+        """
+        shorthands = [s for s in (cron, interval, once) if s is not None]
+        if (rule is None) == (not shorthands) or len(shorthands) > 1:
+            raise TaskError("scheduled() needs one of: a rule, cron=, interval=, once=")
+        if rule is None:
+            if cron is not None:
+                rule = CronRule(cron=cron)
+            elif interval is not None:
+                rule = IntervalRule(seconds=interval)
+            else:
+                rule = OnceRule(run_at=once)
+
+        def decorate(func: F) -> F:
+            name = task_id or f"{func.__module__}.{func.__qualname__}"
+            self.add_task(FunctionTask(name, func.__name__, func, **options), rule)
+            return func
+
+        return decorate
 
     def remove_task(self, task_id: str) -> None:
         """Unschedule a task (a run in progress finishes); its history is kept."""

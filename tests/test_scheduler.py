@@ -343,3 +343,27 @@ def test_history_is_pruned_by_count_and_age(config: SchedulerConfig, clock: Manu
     scheduler._pruner.join(10)
     assert scheduler.store.history("tick") == []  # all older than a day
     scheduler.stop()
+
+
+def test_scheduled_decorator(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    calls: list[str] = []
+
+    @scheduler.scheduled(interval=5, max_retries=0)
+    def every_five() -> None:
+        calls.append("five")
+
+    @scheduler.scheduled(cron="*/2 * * * * *", task_id="even")
+    def every_two_seconds() -> None:
+        calls.append("two")
+
+    assert every_five() is None and calls == ["five"]  # still a plain function
+    calls.clear()
+    for _ in range(5):
+        step(scheduler, clock, 1)
+    assert sorted(calls) == ["five", "two", "two", "two"]  # cron: 0 (it matches now), 2, 4
+    assert scheduler.get_task_status("even")["schedule"] == "cron '*/2 * * * * *' (UTC)"
+    assert scheduler.get_task(f"{__name__}.test_scheduled_decorator.<locals>.every_five").name == "every_five"
+    with pytest.raises(TaskError, match="needs one of"):
+        scheduler.scheduled(cron="* * * * *", interval=5)
+    with pytest.raises(TaskError, match="needs one of"):
+        scheduler.scheduled()
