@@ -43,7 +43,9 @@ def open_store(config: SchedulerConfig, *, service: bool = False) -> Store:
         return MemoryStore(config.history.max_runs_per_task or 1000)
     path = store_path(config)
     if path is not None:
-        return SQLiteStore(path, checkpoint_interval=1.0 if service else None)
+        # The service waits longer for the file lock than a CLI call: it must not
+        # give up at start because the disk is slow while a CLI call writes.
+        return SQLiteStore(path, busy_timeout=60.0 if service else 10.0, checkpoint_interval=1.0 if service else None)
     raise ConfigError(
         f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url"
     )

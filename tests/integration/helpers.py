@@ -19,7 +19,7 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> bool:
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -80,6 +80,11 @@ class Service:
         return json.loads(result.stdout)
 
     def ensure_stopped(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """Kill the service if a test left it running, and show what it said (a test
+        that failed while waiting for it needs that to be diagnosed)."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(30)
+        _, stderr = self.process.communicate(timeout=30)
+        print(f"service exit code {self.process.returncode}; stderr:\n{stderr[-4000:]}")
