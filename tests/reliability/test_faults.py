@@ -298,7 +298,7 @@ def test_many_tasks_every_second_with_few_workers(tmp_path: Path) -> None:
         assert until is not None
         for state, count in assert_ledger(scheduler.store, task_id, expected_fires(rule, started, until)).items():
             totals[state] = totals.get(state, 0) + count
-    assert sum(totals.values()) >= 29_000
+    assert sum(totals.values()) >= 27_000  # ~30,000 expected; fewer only if the machine stalls
     print(
         f"\nledger of 1,000 tasks x 30 s on 4 workers (SQLite): {sum(totals.values())} occurrences, "
         + ", ".join(f"{state.value} {count}" for state, count in sorted(totals.items(), key=lambda kv: kv[0].value))
