@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.helpers import Service, wait_for
+from tests.integration.helpers import Service, environment, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def start_service(base_dir: Path, config: dict[str, object], *extra: str) -> subprocess.Popen[str]:
-    service = Service(base_dir, config).start(*extra)
-    assert service.process is not None
-    return service.process
 
 
 def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path) -> None:
@@ -42,7 +35,8 @@ def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path
             {"id": "fail", "script_path": "scripts/fail.py", "schedule": {"interval": {"seconds": 1}}},
         ],
     }
-    process = start_service(base_dir, config, "run")
+    process = Service(base_dir, config).start("run").process
+    assert process is not None
     ticks = base_dir / "data" / "ticks"
     try:
         assert wait_for(lambda: ticks.exists() and len(ticks.read_text().splitlines()) >= 3), (
@@ -74,7 +68,8 @@ def test_sigterm_interrupts_a_long_script_within_shutdown_timeout(base_dir: Path
             }
         ],
     }
-    process = start_service(base_dir, config)
+    process = Service(base_dir, config).start().process
+    assert process is not None
     log_path = base_dir / "logs" / "scheduler.log"
     try:
         assert wait_for(lambda: log_path.exists() and "starting task long" in log_path.read_text())
@@ -87,7 +82,8 @@ def test_sigterm_interrupts_a_long_script_within_shutdown_timeout(base_dir: Path
 
 def test_bad_config_exits_2_with_the_message(base_dir: Path) -> None:
     config = {"jobs": [{"id": "bad", "script_path": "scripts/x.py", "schedule": {"cron": "*/5 * * *"}}]}
-    process = start_service(base_dir, config)
+    process = Service(base_dir, config).start().process
+    assert process is not None
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "service.json: jobs[0] (id 'bad').schedule: cron expression '*/5 * * *' has 4 fields" in stderr
@@ -102,8 +98,7 @@ def test_shipped_config_starts_from_the_checkout(tmp_path: Path) -> None:
     (checkout / "scripts").mkdir()
     for script in (ROOT / "scripts").glob("*.py"):
         (checkout / "scripts" / script.name).write_text(script.read_text())
-    env = {**os.environ, "TASK_SCHEDULER__SCHEDULER__CHECK_INTERVAL": "0.5"}
-    env.pop("TASK_SCHEDULER_CONFIG", None)
+    env = environment(TASK_SCHEDULER__SCHEDULER__CHECK_INTERVAL="0.5")
     process = subprocess.Popen(
         [sys.executable, "-m", "task_scheduler"],
         cwd=checkout,
