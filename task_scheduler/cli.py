@@ -1,7 +1,8 @@
 """The ``task-scheduler`` command (also ``python -m task_scheduler``).
 
-Exit codes: 0 ok; 1 not found or failed (``status``: no live service); 2 usage,
-configuration or state-file error (restarting cannot fix those).
+Exit codes: 0 ok; 1 not found or failed (``status``: no live service; the state
+store locked or unreachable for too long); 2 usage, configuration or damaged
+state-file error (restarting cannot fix those).
 ``--config`` is accepted before or after the subcommand; without it the config is
 found as `find_config` says. With no subcommand, ``run`` is assumed.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import psutil
 
 from task_scheduler.config import CONFIG_SEARCH_PATH, SchedulerConfig, find_config, load_config
-from task_scheduler.errors import ConfigError, StoreError, TaskNotFoundError, TaskSchedulerError
+from task_scheduler.errors import ConfigError, StoreError, StoreUnavailableError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.schedules import CronRule, resolve_timezone
 from task_scheduler.stores import Store, open_store, store_path
 from task_scheduler.stores.base import NodeInfo, RunRecord, RunState
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"task-scheduler: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreUnavailableError as exc:  # not damaged: trying again later can work (systemd restarts on 1)
+        print(f"task-scheduler: state unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreError as exc:
         print(f"task-scheduler: state error: {exc}", file=sys.stderr)
         return EXIT_USAGE

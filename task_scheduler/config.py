@@ -71,6 +71,7 @@ class SchedulerSection:
 class StoreConfig:
     url: str | None = None  # None: sqlite://DATA_DIR/state.db; or memory://, sqlite://PATH
     lease_seconds: float = 30.0  # a run whose node stops renewing this long is INTERRUPTED
+    busy_timeout: float = 60.0  # seconds the service waits for another process's lock on a SQLite store
 
 
 @dataclass
@@ -374,6 +375,7 @@ def _validate(config: SchedulerConfig) -> None:
     check(url is None or re.match(r"^(memory://|sqlite://.)", url) is not None, "store.url",
           f"unsupported store {url!r} (use memory:// or sqlite://PATH)")  # fmt: skip
     check(config.store.lease_seconds >= 1, "store.lease_seconds", "must be >= 1 second")
+    check(config.store.busy_timeout > 0, "store.busy_timeout", "must be > 0 seconds")
     history = config.history
     check(history.max_runs_per_task is None or history.max_runs_per_task >= 1, "history.max_runs_per_task",
           "must be >= 1 or null")  # fmt: skip

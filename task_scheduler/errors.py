@@ -39,3 +39,8 @@ class ConfigError(TaskSchedulerError, ValueError):
 
 class StoreError(TaskSchedulerError):
     """The state store cannot be opened or used."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be used right now but is not damaged (a lock held too long,
+    a database server down): waiting or restarting can fix it."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from task_scheduler.errors import TaskError
 from task_scheduler.schedules import ScheduleRule
-from task_scheduler.stores.base import TaskDefinition
+from task_scheduler.stores.base import Origin, TaskDefinition
 from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask
 
 if TYPE_CHECKING:
@@ -33,14 +33,25 @@ class Registered:
     definition: TaskDefinition
     retry: RetryPolicy
     timeout: float | None
-    from_config: bool = False
+
+    @property
+    def origin(self) -> Origin:
+        return self.definition.origin
 
 
 def register(
-    task: BaseTask, rule: ScheduleRule, config: SchedulerConfig, zone: tzinfo, now: datetime, from_config: bool
+    task: BaseTask,
+    rule: ScheduleRule,
+    config: SchedulerConfig,
+    zone: tzinfo,
+    now: datetime,
+    origin: Origin = Origin.CODE,
+    spec: dict[str, Any] | None = None,
+    problem: str | None = None,
 ) -> Registered:
     """Check ``task`` and ``rule`` and resolve their settings; raises TaskError
-    (a missing or disallowed script, a wrong type) naming the task."""
+    (a missing or disallowed script, a wrong type) naming the task. ``spec`` is the
+    job as data, when it has one (`task_scheduler.jobs`)."""
     if not isinstance(task, BaseTask):
         raise TaskError(f"expected a BaseTask, got {task!r}")
     if not isinstance(rule, ScheduleRule):
@@ -70,9 +81,12 @@ def register(
         recover=task.recover,
         name=task.name,
         schedule=rule.describe(),
+        origin=origin,
+        spec=spec,
+        problem=problem,
     )
     timeout = _first(task.timeout, defaults.default_timeout)
-    return Registered(task, rule, definition, retry, timeout, from_config)
+    return Registered(task, rule, definition, retry, timeout)
 
 
 @lru_cache(maxsize=256)

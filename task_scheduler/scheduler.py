@@ -44,7 +44,7 @@ from task_scheduler.monitoring import group_running, process_stats, task_status,
 from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
-from task_scheduler.stores.base import NodeInfo, Retry, RunRecord, RunState
+from task_scheduler.stores.base import NodeInfo, Origin, Retry, RunRecord, RunState
 from task_scheduler.tasks import BaseTask, FunctionTask, ScriptTask, TaskContext
 
 __all__ = ["TaskScheduler"]
@@ -136,7 +136,7 @@ class TaskScheduler:
         self._pruner: threading.Thread | None = None
         self._recovered = False
         self._last_step: tuple[datetime, float] | None = None
-        self.add_tasks(self.config.build_tasks(), from_config=True)
+        self.add_tasks(self.config.build_tasks(), origin=Origin.CONFIG)
 
     # -- task management ------------------------------------------------------------
     def add_task(self, task: BaseTask, rule: ScheduleRule, *, replace_existing: bool = False) -> None:
@@ -150,18 +150,18 @@ class TaskScheduler:
         pairs: Iterable[tuple[BaseTask, ScheduleRule]],
         *,
         replace_existing: bool = False,
-        from_config: bool = False,
+        origin: Origin = Origin.CODE,
     ) -> None:
         """Register many tasks in one store transaction (all or none)."""
         now = self.clock.now()
-        entries = [register(task, rule, self.config, self.timezone, now, from_config) for task, rule in pairs]
+        entries = [register(task, rule, self.config, self.timezone, now, origin) for task, rule in pairs]
         ids = Counter(entry.task.task_id for entry in entries)
         duplicates = {task_id for task_id, count in ids.items() if count > 1}
         with self._lock:
             taken = [] if replace_existing else [task_id for task_id in ids if task_id in self._entries]
             if duplicates or taken:
                 raise TaskError(f"task {sorted(duplicates or set(taken))[0]!r} is already registered")
-            states = self.store.sync_tasks([entry.definition for entry in entries])
+            states = self.store.sync_tasks([entry.definition for entry in entries], self.node_id)
             for entry in entries:
                 self._entries[entry.task.task_id] = entry
                 if not entry.task.enabled and not states[entry.task.task_id].paused:
@@ -216,8 +216,9 @@ class TaskScheduler:
         with self._lock:
             if task_id not in self._entries:
                 raise TaskNotFoundError(task_id)
-            del self._entries[task_id]
-            self.store.remove_tasks([task_id])
+            entry = self._entries.pop(task_id)
+            # A persistent job is the store's: removing it removes it for every node.
+            self.store.remove_tasks([task_id], None if entry.origin is Origin.PERSISTENT else self.node_id)
         logger.info("removed task %s", task_id)
 
     def reschedule_task(self, task_id: str, rule: ScheduleRule) -> None:
@@ -332,7 +333,7 @@ class TaskScheduler:
             self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
             node = self._node_info(now)
             self.store.heartbeat(node, list(self._active), now + self.lease)
-            for record in self.store.reap(now):
+            for record in self.store.reap(now, self.lease.total_seconds()):
                 logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
                 self._emit(record, now)
         if monotonic >= self._next_prune and not (self._pruner and self._pruner.is_alive()):
@@ -529,17 +530,12 @@ class TaskScheduler:
         )
 
     def _recover(self, now: datetime) -> None:
-        """The first step reconciles the store with this process: tasks it does not
-        have (any more) are unscheduled, their history kept; runs of dead processes on
-        this host are recorded INTERRUPTED at once (other hosts' when their lease
-        expires). Tasks must therefore be added before the first step (start)."""
+        """The first step reconciles the store with this process: runs of dead
+        processes on this host are recorded INTERRUPTED at once (other hosts' when
+        their lease expires); then config and code tasks that no node defines any more
+        are unscheduled, their history kept (tasks other live nodes run stay).
+        Tasks must therefore be added before the first step (start)."""
         self._recovered = True
-        with self._lock:
-            registered = set(self._entries)
-        stale = set(self.store.task_states()) - registered
-        if stale:
-            self.store.remove_tasks(stale)
-            logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(sorted(stale)))
         import psutil  # imported when needed: start-up time matters
 
         for node in self.store.nodes():
@@ -547,6 +543,9 @@ class TaskScheduler:
                 for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
                     logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
                     self._emit(record, now)
+        stale = self.store.unschedule_unregistered()
+        if stale:
+            logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(stale))
         self._next_heartbeat = 0.0
 
     def _start_executor(self) -> ThreadPoolExecutor:
@@ -644,12 +643,12 @@ class TaskScheduler:
             logger.warning("the scheduler and store sections changed; they apply at the next start")
             config.scheduler, config.store = self.config.scheduler, self.config.store
         with self._lock:
-            old = {task_id for task_id, entry in self._entries.items() if entry.from_config}
+            old = {task_id for task_id, entry in self._entries.items() if entry.origin is Origin.CONFIG}
         new_ids = {task.task_id for task, _ in pairs}
         for task_id in old - new_ids:
             self.remove_task(task_id)
         self.config = config
-        self.add_tasks(pairs, replace_existing=True, from_config=True)
+        self.add_tasks(pairs, replace_existing=True, origin=Origin.CONFIG)
         configure_logging(config)
         logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
         return True

@@ -45,7 +45,8 @@ def open_store(config: SchedulerConfig, *, service: bool = False) -> Store:
     if path is not None:
         # The service waits longer for the file lock than a CLI call: it must not
         # give up at start because the disk is slow while a CLI call writes.
-        return SQLiteStore(path, busy_timeout=60.0 if service else 10.0, checkpoint_interval=1.0 if service else None)
+        busy_timeout = config.store.busy_timeout if service else min(10.0, config.store.busy_timeout)
+        return SQLiteStore(path, busy_timeout=busy_timeout, checkpoint_interval=1.0 if service else None)
     raise ConfigError(
         f"unsupported store {url!r} (use memory:// or sqlite://PATH)", source=config.source, key="store.url"
     )

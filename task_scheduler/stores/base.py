@@ -22,6 +22,7 @@ __all__ = [
     "Claim",
     "NodeInfo",
     "ConcurrencyPolicy",
+    "Origin",
     "NextFire",
     "Retry",
     "RunRecord",
@@ -72,6 +73,15 @@ class ConcurrencyPolicy(Enum):
     REPLACE = "replace"  # cancel the running one(s), then run it
 
 
+class Origin(Enum):
+    """Where a task's definition comes from, which decides who may change it and
+    whether a new process restores it from the store."""
+
+    CONFIG = "config"  # a job of the config file: the file is its truth
+    CODE = "code"  # added by the program at every start (add_task, decorators)
+    PERSISTENT = "persistent"  # defined by data in the store: restored by every later process
+
+
 _RUN_ID_PREFIX = os.urandom(8).hex()
 _RUN_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
@@ -98,6 +108,15 @@ class RunRecord:
     output: str | None = None
     node: str | None = None
     manual: bool = False
+    # A script run's process (its group leader) and that process's start time
+    # (seconds since the epoch; a reused pid has another), recorded when it starts,
+    # so that a restart can find and stop what a crashed service left running.
+    pid: int | None = None
+    pid_started: float | None = None
+    # Resource use of a script run's process tree: CPU seconds and peak RSS in bytes.
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    max_rss: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -128,6 +147,10 @@ class RunRecord:
             "output": self.output,
             "node": self.node,
             "manual": self.manual,
+            "pid": self.pid,
+            "cpu_user": self.cpu_user,
+            "cpu_system": self.cpu_system,
+            "max_rss": self.max_rss,
         }
 
 
@@ -147,6 +170,11 @@ class TaskDefinition:
     recover: bool = False  # re-run INTERRUPTED runs as their next attempt
     name: str = ""  # for people: the CLI's list and show
     schedule: str = ""  # the rule in words
+    origin: Origin = Origin.CODE
+    # The job as data (`task_scheduler.jobs.JobSpec.to_dict`), when it can be said as
+    # data; a PERSISTENT task is rebuilt from it by every later process.
+    spec: dict[str, Any] | None = None
+    problem: str | None = None  # why the task cannot run as defined (e.g. its callable is gone)
 
     def options(self) -> dict[str, Any]:
         """The claim options as JSON-able data (stores persist them)."""
@@ -164,6 +192,7 @@ class TaskDefinition:
 
     @classmethod
     def from_options(cls, task_id: str, fingerprint: str, options: dict[str, Any]) -> TaskDefinition:
+        """The claim options read back (origin, spec and problem are stored apart)."""
         policy = ConcurrencyPolicy(options.pop("concurrency_policy", "forbid"))
         return cls(task_id, fingerprint, None, concurrency_policy=policy, **options)
 
@@ -191,12 +220,16 @@ class TaskState:
     last_state: RunState | None = None
     last_error: str | None = None
     last_duration: float | None = None
+    origin: Origin = Origin.CODE
+    problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "task_id": self.task_id,
             "name": self.name,
             "schedule": self.schedule,
+            "origin": self.origin.value,
+            "problem": self.problem,
             "next_run_at": _iso(self.next_run_at),
             "paused": self.paused,
             "finished": self.finished,
@@ -251,6 +284,9 @@ class NodeInfo:
     heartbeat_at: datetime
     config: str | None = None
     store: str | None = None
+    # This node's clock minus the store's (seconds), measured at its last heartbeat;
+    # None where the store has no clock of its own (memory, SQLite).
+    skew: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,6 +297,7 @@ class NodeInfo:
             "heartbeat_at": _iso(self.heartbeat_at),
             "config": self.config,
             "store": self.store,
+            "skew": self.skew,
         }
 
 
@@ -382,30 +419,53 @@ class Store(Protocol):
 
     Thread-safe; every method is one transaction; times are aware UTC datetimes.
     Unknown task ids raise TaskNotFoundError where a method names one task.
+
+    **Registrations** make the contract cluster-ready: a node (one scheduler process)
+    registers the tasks it can run, with the fingerprint of the rule it holds, when
+    it syncs them. `claim_due` hands a node only occurrences of tasks it registered
+    *with the stored fingerprint*: a task another node runs, or one whose rule was
+    changed by a newer node (the last registration of a task's definition wins),
+    is never claimed by a node that would run it on the wrong rule. A node's
+    registrations end when it leaves, when its heartbeat lapses (`reap`), or when it
+    removes the task.
     """
 
     location: str  # where the state lives, for people ("memory", a file path, a URL)
 
-    def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
+    def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
         """Register or update tasks. A new task, or one whose fingerprint changed, gets
         ``next_run_at = first_fire``; an unchanged one keeps its state (counts, pause,
         next_run_at, finished). A removed task comes back with its old counters.
-        Returns the states of the given tasks."""
+        With ``node``, that node registers the tasks (see the class doc). A change to
+        a PERSISTENT definition advances `revision`. Returns the states of the given tasks."""
 
-    def remove_tasks(self, task_ids: Iterable[str]) -> None:
-        """Drop tasks from the schedule; their state and history are kept."""
+    def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
+        """With ``node``: that node no longer runs these tasks; a task left with no
+        registration (or a PERSISTENT one) is unscheduled. Without: unschedule them
+        for every node. Unscheduled tasks keep their state and history."""
+
+    def unschedule_unregistered(self) -> list[str]:
+        """Unschedule every CONFIG or CODE task that no node registers (called when a
+        node starts, after its tasks are registered and dead nodes are gone: what no
+        process defines any more stops being listed as scheduled). Returns their ids."""
 
     def claim_due(self, now: datetime, limit: int, node: str, lease_until: datetime, next_fire: NextFire) -> Claim:
         """Take up to ``limit`` due occurrences - tasks whose ``next_run_at <= now`` and
         SCHEDULED rows (retries, manual runs) whose ``due_at <= now`` - of unpaused,
-        unfinished tasks; apply `decide`; advance ``next_run_at``; insert the RUNNING
-        rows (leased to ``node`` until ``lease_until``) and the final MISSED/SKIPPED
-        rows. A SCHEDULED row that must wait is looked at again after WAIT_SECONDS.
-        Never hands out an occurrence twice."""
+        unfinished tasks that ``node`` registered with the stored fingerprint; apply
+        `decide`; advance ``next_run_at``; insert the RUNNING rows (leased to ``node``
+        until ``lease_until``) and the final MISSED/SKIPPED rows. A SCHEDULED row that
+        must wait is looked at again after WAIT_SECONDS. ``Claim.next_due`` is the
+        earliest due time among the node's tasks. Never hands out an occurrence twice."""
 
     def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
         """Store final outcomes of RUNNING rows, update counters, insert retries as
-        SCHEDULED rows, and mark ONCE/max_runs tasks finished."""
+        SCHEDULED rows, and mark ONCE/max_runs tasks finished. An outcome for a row
+        that is no longer RUNNING (another node already recorded it INTERRUPTED after
+        the lease lapsed) is kept as history, never lost, and counted once."""
+
+    def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
+        """Note the process a RUNNING script run started (see `RunRecord.pid`)."""
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
         """Pause or resume. Resuming recomputes nothing: a next_run_at in the past
@@ -414,17 +474,22 @@ class Store(Protocol):
     def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
         """Insert a manual SCHEDULED occurrence due at ``due_at``."""
 
-    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
-        """Record that ``node`` is alive and extend the leases of its ``run_ids``."""
+    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> datetime | None:
+        """Record that ``node`` is alive and extend the leases of its ``run_ids``.
+        Returns the store's own clock reading when it has one (a database server),
+        else None; the scheduler measures its skew against it."""
 
-    def reap(self, now: datetime) -> list[RunRecord]:
+    def reap(self, now: datetime, node_timeout: float) -> list[RunRecord]:
         """RUNNING rows whose lease expired before ``now`` (their node died) become
         INTERRUPTED; returns them. A task with ``recover`` gets the next attempt of
-        the occurrence as a SCHEDULED row due at ``now``."""
+        the occurrence as a SCHEDULED row due at ``now``. Nodes silent for
+        ``node_timeout`` seconds are removed with their registrations, and CONFIG or
+        CODE tasks that no node registers any more are unscheduled."""
 
     def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
         """``node`` is gone: its RUNNING rows become INTERRUPTED (recovered as in
-        `reap`) and its node row is deleted; returns the interrupted records."""
+        `reap`), its node row and registrations are deleted (its tasks stay listed
+        until a node starts without them); returns the interrupted records."""
 
     def prune(self, older_than: datetime | None, keep_per_task: int | None) -> int:
         """Delete final history older than ``older_than`` and beyond the newest
@@ -433,14 +498,31 @@ class Store(Protocol):
     def task_states(self) -> dict[str, TaskState]:
         """Every scheduled (not removed) task's state."""
 
+    def job_specs(self, origin: Origin | None = None) -> dict[str, dict[str, Any]]:
+        """The stored data definitions (`TaskDefinition.spec`) of scheduled tasks, of
+        one ``origin`` or all."""
+
+    def revision(self) -> int:
+        """A number that changes whenever a PERSISTENT definition is added, changed or
+        removed (by any process): cheap to poll."""
+
     def active_runs(self) -> list[RunRecord]:
         """The SCHEDULED and RUNNING rows."""
 
     def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
         """Final records, newest first."""
 
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by its id, or by a unique prefix or suffix of at least 6 characters; None when unknown."""
+
     def nodes(self) -> list[NodeInfo]:
         """The nodes that sent a heartbeat and did not leave."""
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from any thread) when another process changed the
+        schedule (added, triggered, resumed a task), so the loop wakes at once.
+        Stores that cannot tell do nothing; the loop then sees it within
+        ``check_interval``."""
 
     def close(self) -> None:
         """Release connections; idempotent."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from task_scheduler.stores.base import (
     Claim,
     NextFire,
     NodeInfo,
+    Origin,
     Retry,
     RunRecord,
     RunState,
@@ -48,14 +49,18 @@ class MemoryStore:
         self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
         self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> SCHEDULED/RUNNING row
         self._leases: dict[str, datetime] = {}
+        # Runs recorded INTERRUPTED (lease lapsed) that may still report an outcome.
+        self._late: dict[str, None] = {}
         # History as plain tuples: the garbage collector stops tracking tuples of
         # strings, numbers and datetimes, so a large history costs no GC pauses.
         self._history: dict[str, deque[tuple[Any, ...]]] = {}
         self._nodes: dict[str, NodeInfo] = {}
+        self._registrations: dict[str, dict[str, str]] = {}  # task_id -> node -> fingerprint
+        self._revision = 0
         self._max_history = max_history_per_task
 
     # -- registration ---------------------------------------------------------------
-    def sync_tasks(self, definitions: Sequence[TaskDefinition]) -> dict[str, TaskState]:
+    def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
         with self._lock:
             result = {}
             for definition in definitions:
@@ -67,20 +72,40 @@ class MemoryStore:
                     state.next_run_at = definition.first_fire
                     state.finished = definition.first_fire is None
                 state.name, state.schedule = definition.name, definition.schedule
+                state.origin, state.problem = definition.origin, definition.problem
+                if Origin.PERSISTENT in (definition.origin, getattr(self._definitions.get(task_id), "origin", None)):
+                    old = self._definitions.get(task_id)
+                    if old is None or (old.spec, old.fingerprint) != (definition.spec, definition.fingerprint):
+                        self._revision += 1
                 self._states[task_id] = state
                 self._definitions[task_id] = definition
+                if node is not None:
+                    self._registrations.setdefault(task_id, {})[node] = definition.fingerprint
                 self._push(state)
                 result[task_id] = replace(state)
             return result
 
-    def remove_tasks(self, task_ids: Iterable[str]) -> None:
+    def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
         with self._lock:
             for task_id in task_ids:
-                self._definitions.pop(task_id, None)
-                state = self._states.pop(task_id, None)
-                if state is not None:
-                    self._removed[task_id] = state
-                self._versions[task_id] = self._versions.get(task_id, 0) + 1
+                registered = self._registrations.get(task_id, {})
+                definition = self._definitions.get(task_id)
+                if node is not None:
+                    registered.pop(node, None)
+                    if registered and (definition is None or definition.origin is not Origin.PERSISTENT):
+                        continue
+                self._unschedule(task_id)
+
+    def unschedule_unregistered(self) -> list[str]:
+        with self._lock:
+            orphans = [
+                task_id
+                for task_id, definition in self._definitions.items()
+                if definition.origin is not Origin.PERSISTENT and not self._registrations.get(task_id)
+            ]
+            for task_id in orphans:
+                self._unschedule(task_id)
+            return sorted(orphans)
 
     # -- claiming -------------------------------------------------------------------
     def claim_due(self, now: datetime, limit: int, node: str, lease_until: datetime, next_fire: NextFire) -> Claim:
@@ -91,15 +116,28 @@ class MemoryStore:
                 entry = heapq.heappop(self._pending)
                 if not self._claim_pending(entry[1], entry[2], node, lease_until, claim):
                     waiting.append((now + timedelta(seconds=WAIT_SECONDS), entry[1], entry[2]))
+            others = []  # due entries of tasks this node may not claim: put back untouched
             while self._heap and self._heap[0][0] <= now and len(claim.runs) < limit:
-                _, version, task_id = heapq.heappop(self._heap)
-                if self._versions.get(task_id) == version:
+                due = heapq.heappop(self._heap)
+                task_id = due[2]
+                if self._versions.get(task_id) != due[1]:
+                    continue
+                if self._claimable(task_id, node):
                     self._claim_task(task_id, now, node, lease_until, next_fire, claim)
+                else:
+                    others.append(due)
             for entry in waiting:
                 heapq.heappush(self._pending, entry)
             claim.more = len(claim.runs) >= limit
-            claim.next_due = self._next_due()
+            claim.next_due = self._next_due(node)
+            for due in others:
+                heapq.heappush(self._heap, due)
         return claim
+
+    def _claimable(self, task_id: str, node: str) -> bool:
+        """Whether ``node`` registered the task with its stored fingerprint."""
+        registered, state = self._registrations.get(task_id), self._states.get(task_id)
+        return registered is not None and state is not None and registered.get(node) == state.fingerprint
 
     def _claim_pending(self, run_id: str, task_id: str, node: str, lease_until: datetime, claim: Claim) -> bool:
         """Start one SCHEDULED row; False when it has to wait."""
@@ -110,6 +148,8 @@ class MemoryStore:
         if definition is None:
             del rows[run_id]
             return True
+        if not self._claimable(task_id, node):
+            return False
         if self._states[task_id].paused or self._running_count(task_id) >= definition.max_instances:
             return False
         record = rows[run_id]
@@ -150,7 +190,10 @@ class MemoryStore:
             for record in records:
                 self._active.get(record.task_id, {}).pop(record.run_id, None)
                 self._leases.pop(record.run_id, None)
-                self._record_final(record, retried=record.run_id in retried)
+                if self._late.pop(record.run_id, 0) is None:
+                    self._replace_interrupted(record, retried=record.run_id in retried)
+                else:
+                    self._record_final(record, retried=record.run_id in retried)
             for retry in retries:
                 previous = retry.record
                 again = RunRecord(
@@ -163,6 +206,14 @@ class MemoryStore:
                     if exhausted(self._definitions[task_id], self._states[task_id]):
                         self._states[task_id].next_run_at = None
                     self._settle(self._states[task_id])
+
+    def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
+        with self._lock:
+            for rows in self._active.values():
+                record = rows.get(run_id)
+                if record is not None:
+                    record.pid, record.pid_started = pid, pid_started
+                    return
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
         with self._lock:
@@ -182,22 +233,36 @@ class MemoryStore:
             return replace(record)
 
     # -- nodes and leases -----------------------------------------------------------
-    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> None:
+    def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], lease_until: datetime) -> datetime | None:
         with self._lock:
             self._nodes[node.node_id] = node
             for run_id in run_ids:
                 if run_id in self._leases:
                     self._leases[run_id] = lease_until
+        return None
 
-    def reap(self, now: datetime) -> list[RunRecord]:
+    def reap(self, now: datetime, node_timeout: float) -> list[RunRecord]:
         with self._lock:
             expired = {run_id for run_id, until in self._leases.items() if until < now}
-            return self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")
+            interrupted = self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")
+            silent = [n for n, info in self._nodes.items() if (now - info.heartbeat_at).total_seconds() > node_timeout]
+            for node in silent:
+                self._forget_node(node)
+            if silent:
+                for task_id, definition in list(self._definitions.items()):
+                    if definition.origin is not Origin.PERSISTENT and not self._registrations.get(task_id):
+                        self._unschedule(task_id)
+            return interrupted
 
     def leave(self, node: str, now: datetime, reason: str) -> list[RunRecord]:
         with self._lock:
-            self._nodes.pop(node, None)
+            self._forget_node(node)
             return self._interrupt(lambda r: r.node == node, now, reason)
+
+    def _forget_node(self, node: str) -> None:
+        self._nodes.pop(node, None)
+        for registered in self._registrations.values():
+            registered.pop(node, None)
 
     def _interrupt(self, which: Callable[[RunRecord], bool], now: datetime, reason: str) -> list[RunRecord]:
         interrupted = []
@@ -206,6 +271,9 @@ class MemoryStore:
                 if record.state is RunState.RUNNING and which(record):
                     del rows[record.run_id]
                     self._leases.pop(record.run_id, None)
+                    self._late[record.run_id] = None
+                    if len(self._late) > 10_000:  # bounded: the oldest can no longer report
+                        del self._late[next(iter(self._late))]
                     final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
                     self._record_final(final)
                     interrupted.append(final)
@@ -230,6 +298,17 @@ class MemoryStore:
         with self._lock:
             return {task_id: replace(state) for task_id, state in self._states.items()}
 
+    def job_specs(self, origin: Origin | None = None) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {
+                task_id: definition.spec
+                for task_id, definition in self._definitions.items()
+                if definition.spec is not None and origin in (None, definition.origin)
+            }
+
+    def revision(self) -> int:
+        return self._revision
+
     def active_runs(self) -> list[RunRecord]:
         with self._lock:
             return [replace(record) for rows in self._active.values() for record in rows.values()]
@@ -241,14 +320,46 @@ class MemoryStore:
         records.sort(key=lambda r: (r.finished_at or r.scheduled_for, r.scheduled_for), reverse=True)
         return records[:limit]
 
+    def run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            candidates = [r for rows in self._active.values() for r in rows.values()]
+            candidates += [_unpack(row) for pool in self._history.values() for row in pool]
+        return _find_run(candidates, run_id)
+
     def nodes(self) -> list[NodeInfo]:
         with self._lock:
             return list(self._nodes.values())
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Only this process changes a memory store: nothing to watch."""
 
     def close(self) -> None:
         """Nothing to release."""
 
     # -- internals (lock held) ------------------------------------------------------
+    def _unschedule(self, task_id: str) -> None:
+        definition = self._definitions.pop(task_id, None)
+        if definition is not None and definition.origin is Origin.PERSISTENT:
+            self._revision += 1
+        self._registrations.pop(task_id, None)
+        state = self._states.pop(task_id, None)
+        if state is not None:
+            self._removed[task_id] = state
+        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+
+    def _replace_interrupted(self, record: RunRecord, retried: bool) -> None:
+        """A run recorded INTERRUPTED when its lease lapsed reported its real outcome
+        after all: the outcome replaces the interruption in history and counters."""
+        pool = self._history.get(record.task_id, deque())
+        for index, row in enumerate(pool):
+            if row[0] == record.run_id:
+                pool[index] = _pack(record)
+                break
+        state = self._states.get(record.task_id) or self._removed.get(record.task_id)
+        if state is not None:
+            state.interrupted_count -= 1
+            state.count(record, retried)
+
     def _record_final(self, record: RunRecord, retried: bool = False) -> None:
         self._history.setdefault(record.task_id, deque(maxlen=self._max_history)).append(_pack(record))
         state = self._states.get(record.task_id) or self._removed.get(record.task_id)
@@ -271,28 +382,53 @@ class MemoryStore:
         if state.next_run_at is not None and not state.paused and not state.finished:
             heapq.heappush(self._heap, (state.next_run_at, version, state.task_id))
 
-    def _next_due(self) -> datetime | None:
+    def _next_due(self, node: str) -> datetime | None:
+        """The earliest due time among ``node``'s tasks. The heap's top entries of
+        tasks it cannot claim (another node's) are looked past, not popped."""
         while self._heap and self._versions.get(self._heap[0][2]) != self._heap[0][1]:
             heapq.heappop(self._heap)
-        candidates = [heap[0][0] for heap in (self._heap, self._pending) if heap]
+        claimable = (
+            due for due, version, task_id in _in_order(self._heap)
+            if self._versions.get(task_id) == version and self._claimable(task_id, node)
+        )  # fmt: skip
+        task_due = next(claimable, None)
+        candidates = [due for due in (task_due, self._pending[0][0] if self._pending else None) if due is not None]
         return min(candidates) if candidates else None
 
     def _running_count(self, task_id: str) -> int:
         return sum(1 for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING)
 
 
+def _in_order(heap: list[tuple[datetime, int, str]]) -> Iterator[tuple[datetime, int, str]]:
+    """A heap's entries in order without changing it (lazily: usually one is enough)."""
+    if not heap:
+        return
+    yield heap[0]
+    frontier = [(heap[i], i) for i in (1, 2) if i < len(heap)]
+    heapq.heapify(frontier)
+    while frontier:
+        entry, index = heapq.heappop(frontier)
+        yield entry
+        for child in (2 * index + 1, 2 * index + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
+
+
+def _find_run(records: list[RunRecord], run_id: str) -> RunRecord | None:
+    """The one record whose id is ``run_id`` or, for 6+ characters, starts or ends with it."""
+    matches = [r for r in records if r.run_id == run_id]
+    if not matches and len(run_id) >= 6:
+        matches = [r for r in records if r.run_id.startswith(run_id) or r.run_id.endswith(run_id)]
+    return matches[0] if len({r.run_id for r in matches}) == 1 else None
+
+
 def _pack(record: RunRecord) -> tuple[Any, ...]:
     return (
         record.run_id, record.task_id, record.scheduled_for, record.state.value, record.attempt, record.started_at,
-        record.finished_at, record.exit_code, record.error, record.output, record.node, record.manual,
+        record.finished_at, record.exit_code, record.error, record.output, record.node, record.manual, record.pid,
+        record.pid_started, record.cpu_user, record.cpu_system, record.max_rss,
     )  # fmt: skip
 
 
 def _unpack(row: tuple[Any, ...]) -> RunRecord:
-    run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual = (
-        row
-    )
-    return RunRecord(
-        run_id, task_id, scheduled_for, RunState(state), attempt, started_at, finished_at, exit_code, error, output,
-        node, manual,
-    )  # fmt: skip
+    return RunRecord(row[0], row[1], row[2], RunState(row[3]), *row[4:])

@@ -47,17 +47,17 @@ def claim(store: Store, now: datetime, next_fire=EVERY_10_SECONDS, limit: int = 
 
 
 def test_sync_registers_keeps_and_reschedules(store: Store) -> None:
-    states = store.sync_tasks([definition()])
+    states = store.sync_tasks([definition()], NODE)
     assert states["job"].next_run_at == T0 and states["job"].name == "Job"
     store.set_paused("job", True)
-    kept = store.sync_tasks([definition(first=T0 + timedelta(hours=1))])  # same fingerprint: state kept
+    kept = store.sync_tasks([definition(first=T0 + timedelta(hours=1))], NODE)  # same fingerprint: state kept
     assert kept["job"].next_run_at == T0 and kept["job"].paused
-    changed = store.sync_tasks([definition(first=T0 + timedelta(hours=1), fingerprint="every 20s")])
+    changed = store.sync_tasks([definition(first=T0 + timedelta(hours=1), fingerprint="every 20s")], NODE)
     assert changed["job"].next_run_at == T0 + timedelta(hours=1) and changed["job"].paused
 
 
 def test_an_occurrence_is_claimed_once(store: Store) -> None:
-    store.sync_tasks([definition()])
+    store.sync_tasks([definition()], NODE)
     first = claim(store, T0)
     assert [(r.task_id, r.scheduled_for, r.state) for r in first.runs] == [("job", T0, RunState.RUNNING)]
     assert first.next_due == T0 + timedelta(seconds=10)
@@ -65,7 +65,7 @@ def test_an_occurrence_is_claimed_once(store: Store) -> None:
 
 
 def test_concurrent_claimers_never_share_an_occurrence(store: Store) -> None:
-    store.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(50)])
+    store.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(50)], NODE)
     got: list[tuple[str, datetime]] = []
     lock = threading.Lock()
 
@@ -84,7 +84,7 @@ def test_concurrent_claimers_never_share_an_occurrence(store: Store) -> None:
 
 
 def test_finish_counts_and_finishes_once_tasks(store: Store) -> None:
-    store.sync_tasks([definition(fingerprint="once")])
+    store.sync_tasks([definition(fingerprint="once")], NODE)
     [run] = claim(store, T0, next_fire=once).runs
     run.state, run.started_at, run.finished_at = RunState.SUCCEEDED, T0, T0 + timedelta(seconds=2)
     store.finish([run])
@@ -97,7 +97,7 @@ def test_finish_counts_and_finishes_once_tasks(store: Store) -> None:
 
 
 def test_retry_is_a_scheduled_row_claimed_when_due(store: Store) -> None:
-    store.sync_tasks([definition(fingerprint="once")])
+    store.sync_tasks([definition(fingerprint="once")], NODE)
     [run] = claim(store, T0, next_fire=once).runs
     run.state, run.finished_at, run.error = RunState.FAILED, T0, "boom"
     store.finish([run], [Retry(run, T0 + timedelta(seconds=5))])
@@ -110,7 +110,7 @@ def test_retry_is_a_scheduled_row_claimed_when_due(store: Store) -> None:
 
 
 def test_misfire_and_coalesce_are_recorded(store: Store) -> None:
-    store.sync_tasks([definition(misfire_grace_time=15)])
+    store.sync_tasks([definition(misfire_grace_time=15)], NODE)
     result = claim(store, T0 + timedelta(seconds=40))  # due: 0 (late), 10 (late), 20, 30, 40
     assert [r.scheduled_for for r in result.runs] == [T0 + timedelta(seconds=40)]
     missed = sorted(result.recorded, key=lambda r: r.scheduled_for)
@@ -122,14 +122,14 @@ def test_misfire_and_coalesce_are_recorded(store: Store) -> None:
 
 
 def test_catch_up_runs_the_latest_missed_occurrence(store: Store) -> None:
-    store.sync_tasks([definition(misfire_grace_time=1, catch_up=True)])
+    store.sync_tasks([definition(misfire_grace_time=1, catch_up=True)], NODE)
     result = claim(store, T0 + timedelta(seconds=35))
     assert [r.scheduled_for for r in result.runs] == [T0 + timedelta(seconds=30)]
     assert len(result.recorded) == 3
 
 
 def test_max_instances_skip_and_pending_rows_wait(store: Store) -> None:
-    store.sync_tasks([definition()])
+    store.sync_tasks([definition()], NODE)
     claim(store, T0)
     second = claim(store, T0 + timedelta(seconds=10))
     assert second.runs == [] and [r.state for r in second.recorded] == [RunState.SKIPPED]
@@ -140,7 +140,7 @@ def test_max_instances_skip_and_pending_rows_wait(store: Store) -> None:
 
 
 def test_pause_and_unknown_tasks(store: Store) -> None:
-    store.sync_tasks([definition()])
+    store.sync_tasks([definition()], NODE)
     store.set_paused("job", True)
     assert claim(store, T0 + timedelta(seconds=5)).runs == []
     with pytest.raises(TaskNotFoundError):
@@ -150,22 +150,22 @@ def test_pause_and_unknown_tasks(store: Store) -> None:
 
 
 def test_removed_task_keeps_history_and_counters(store: Store) -> None:
-    store.sync_tasks([definition()])
+    store.sync_tasks([definition()], NODE)
     [run] = claim(store, T0).runs
     run.state, run.finished_at = RunState.SUCCEEDED, T0
     store.finish([run])
     store.remove_tasks(["job"])
     assert "job" not in store.task_states() and claim(store, T0 + timedelta(hours=1)).runs == []
     assert len(store.history("job")) == 1
-    assert store.sync_tasks([definition()])["job"].run_count == 1
+    assert store.sync_tasks([definition()], NODE)["job"].run_count == 1
 
 
 def test_leases_heartbeat_reap_and_leave(store: Store) -> None:
-    store.sync_tasks([definition("a"), definition("b")])
+    store.sync_tasks([definition("a"), definition("b")], NODE)
     runs = {r.task_id: r for r in claim(store, T0).runs}
     node = NodeInfo(NODE, "host", 123, T0, T0 + timedelta(seconds=20))
     store.heartbeat(node, [runs["a"].run_id], T0 + timedelta(seconds=60))
-    [reaped] = store.reap(T0 + timedelta(seconds=45))  # b's lease (30 s) expired, a's was renewed
+    [reaped] = store.reap(T0 + timedelta(seconds=45), 30)  # b's lease (30 s) expired, a's was renewed
     assert (reaped.task_id, reaped.state) == ("b", RunState.INTERRUPTED)
     assert [n.node_id for n in store.nodes()] == [NODE]
     [left] = store.leave(NODE, T0 + timedelta(seconds=50), "stopped")
@@ -174,7 +174,7 @@ def test_leases_heartbeat_reap_and_leave(store: Store) -> None:
 
 
 def test_prune_by_age_and_count(store: Store) -> None:
-    store.sync_tasks([definition(misfire_grace_time=0, coalesce=False)])
+    store.sync_tasks([definition(misfire_grace_time=0, coalesce=False)], NODE)
     claim(store, T0 + timedelta(seconds=95))  # ten missed records, finished at T0+95
     assert len(store.history("job")) == 10
     assert store.prune(None, 4) == 6 and len(store.history("job")) == 4
@@ -182,7 +182,7 @@ def test_prune_by_age_and_count(store: Store) -> None:
 
 
 def test_history_filters_and_order(store: Store) -> None:
-    store.sync_tasks([definition("a"), definition("b")])
+    store.sync_tasks([definition("a"), definition("b")], NODE)
     for step, state in enumerate([RunState.SUCCEEDED, RunState.FAILED, RunState.SUCCEEDED]):
         now = T0 + timedelta(seconds=10 * step)
         for run in claim(store, now).runs:
@@ -200,7 +200,7 @@ def test_history_filters_and_order(store: Store) -> None:
 def test_sqlite_persists_across_reopen_with_safe_file_mode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "state.db"
     first = SQLiteStore(path)
-    first.sync_tasks([definition()])
+    first.sync_tasks([definition()], NODE)
     first.set_paused("job", True)
     first.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -233,7 +233,7 @@ def test_sqlite_separate_connections_never_share_an_occurrence(tmp_path: Path) -
     """Like two processes on one file: each claimer has its own connection."""
     path = tmp_path / "state.db"
     setup = SQLiteStore(path)
-    setup.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(30)])
+    setup.sync_tasks([definition(f"t{i}", max_instances=100) for i in range(30)], NODE)
     setup.close()
     got: list[tuple[str, datetime]] = []
     lock = threading.Lock()
@@ -281,7 +281,7 @@ def test_sqlite_background_checkpoints_move_the_log_into_the_file(tmp_path: Path
     store = SQLiteStore(path, checkpoint_interval=0.05)
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     before = path.stat().st_size
-    store.sync_tasks([definition(f"t{i}") for i in range(2000)])
+    store.sync_tasks([definition(f"t{i}") for i in range(2000)], NODE)
     deadline = time.monotonic() + 10
     while path.stat().st_size <= before and time.monotonic() < deadline:
         time.sleep(0.05)
