@@ -32,6 +32,8 @@ from task_scheduler.stores.base import NodeInfo, RunRecord, RunState
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_FIELD_OF = {"script": "script_path", "function": "function", "class": "class", "builtin": "builtin",
+             "handler": "handler"}  # fmt: skip
 _COMMANDS = ("run", "validate", "list", "status", "history", "show", "next", "trigger", "pause", "resume")
 
 
@@ -143,11 +145,14 @@ def _validate(options: argparse.Namespace) -> int:
     config = _config(options)
     jobs = config.build_tasks()
     if getattr(options, "json", False):
-        print(json.dumps({"valid": True, "config": config.source, "jobs": [task.task_id for task, _ in jobs]}))
+        print(json.dumps({"valid": True, "config": config.source,
+                          "jobs": [{"id": task.task_id, "type": spec.kind, "type_inferred": spec.type is None,
+                                    "schedule": rule.describe()} for task, rule, spec in jobs]}))  # fmt: skip
     else:
         print(f"{config.source}: OK, {len(jobs)} enabled job(s)")
-        for task, rule in jobs:
-            print(f"  {task.task_id}: {rule.describe()}")
+        for task, rule, spec in jobs:
+            inferred = f", type inferred from {_FIELD_OF[spec.kind]}" if spec.type is None else ""
+            print(f"  {task.task_id} ({spec.kind}{inferred}): {rule.describe()}")
     return EXIT_OK
 
 

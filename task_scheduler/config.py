@@ -16,26 +16,22 @@ Relative paths (``log_dir``, ``data_dir``, ``allowed_script_dirs``, a job's
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 from task_scheduler.errors import ConfigError, TaskSchedulerError
-from task_scheduler.redact import is_secret
+from task_scheduler.jobs import JobSpec
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
-from task_scheduler.stores.base import ConcurrencyPolicy
-from task_scheduler.tasks import Backoff, BaseTask, FunctionTask, ScriptTask
+from task_scheduler.tasks import Backoff, BaseTask
+from task_scheduler.validation import build
 
 __all__ = [
     "HistoryConfig",
-    "JobConfig",
     "LoggingConfig",
     "SchedulerConfig",
     "SchedulerSection",
@@ -65,6 +61,7 @@ class SchedulerSection:
     base_dir: str | None = None  # default: the config file's directory
     data_dir: str = "data"
     node_id: str | None = None  # default: hostname:pid
+    python_path: list[str] = field(default_factory=list)  # importable for function/class jobs, besides base_dir
 
 
 @dataclass
@@ -105,39 +102,6 @@ class LoggingConfig:
 
 
 @dataclass
-class JobConfig:
-    """One job declared in config. ``type`` is script, builtin or function."""
-
-    id: str
-    schedule: dict[str, Any]
-    type: str = "script"
-    name: str | None = None
-    description: str = ""
-    enabled: bool = True
-    script_path: str | None = None
-    args: list[str] = field(default_factory=list)
-    working_dir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    inherit_env: bool | list[str] = True
-    builtin: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    function: str | None = None  # "package.module:callable"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    timeout: float | None = None
-    max_retries: int | None = None
-    retry_delay: float | None = None
-    retry_backoff: str | None = None
-    max_instances: int = 1
-    concurrency_policy: str = "forbid"
-    misfire_grace_time: float | None = None
-    coalesce: bool | None = None
-    catch_up: bool | None = None
-    max_runs: int | None = None
-    recover: bool = False
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
 class SchedulerConfig:
     """The whole configuration. ``source`` is the file it came from, if any."""
 
@@ -146,7 +110,7 @@ class SchedulerConfig:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    jobs: list[JobConfig] = field(default_factory=list)
+    jobs: list[JobSpec] = field(default_factory=list)
     source: str | None = None
 
     @property
@@ -175,14 +139,20 @@ class SchedulerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> SchedulerConfig:
         """Build and validate a config from parsed JSON (no env overrides applied)."""
-        config: SchedulerConfig = _build(cls, data, "", source)
+        config: SchedulerConfig = build(cls, data, "", source)
         config.source = source
         _validate(config)
         return config
 
-    def build_tasks(self) -> list[tuple[BaseTask, ScheduleRule]]:
-        """The enabled jobs as (task, rule) pairs; raises ConfigError naming the job."""
-        return [build_job(self, index, job) for index, job in enumerate(self.jobs) if job.enabled]
+    def build_tasks(self) -> list[tuple[BaseTask, ScheduleRule, JobSpec]]:
+        """The enabled jobs as (task, rule, spec); imports their code and checks their
+        scripts; raises ConfigError naming the job."""
+        built = []
+        for index, job in enumerate(self.jobs):
+            if job.enabled:
+                task, rule = job.build(self, f"jobs{JobSpec.item_key(index, {'id': job.id})}", self.source)
+                built.append((task, rule, job))
+        return built
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -199,8 +169,12 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
-def load_config(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> SchedulerConfig:
-    """Read, override from the environment, validate. ``path`` None gives the defaults."""
+def load_config(
+    path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None, *, build_jobs: bool = True
+) -> SchedulerConfig:
+    """Read, override from the environment, validate. ``path`` None gives the defaults.
+    ``build_jobs`` also imports the jobs' code and checks their scripts; commands that
+    only read the state pass False, so they work without the service's user code."""
     source = str(path) if path is not None else None
     data: dict[str, Any] = {}
     if path is not None:
@@ -211,7 +185,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: dict[str, str] | N
         data = _parse(text, source or "")
     _apply_env_overrides(data, os.environ if environ is None else environ, source)
     config = SchedulerConfig.from_dict(data, source)
-    config.build_tasks()  # proves every job can be built before anything starts
+    if build_jobs:
+        config.build_tasks()  # proves every job can be built before anything starts
     return config
 
 
@@ -247,104 +222,6 @@ def _apply_env_overrides(data: dict[str, Any], environ: typing.Mapping[str, str]
         if not isinstance(section, dict):
             raise ConfigError("is not an object", source=source, key=keys[0])
         section[keys[1]] = value
-
-
-# -- generic dataclass building with type checks ----------------------------------
-
-
-def _build(cls: type, data: Any, path: str, source: str | None) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected an object, got {_show(data)}", source=source, key=path or None)
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})", source=source, key=path or None
-        )
-    values = {}
-    for name, value in data.items():
-        key = f"{path}.{name}" if path else name
-        values[name] = _convert(hints[name], value, key, source)
-    missing = [
-        f.name
-        for f in known.values()
-        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"missing required key {missing[0]!r}", source=source, key=path or None)
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, key: str, source: str | None) -> Any:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, key, source)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        names = " or ".join(_type_name(o) for o in options)
-        raise ConfigError(f"expected {names}, got {_show(value, key)}", source=source, key=key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, source)  # type: ignore[arg-type]
-    if origin is list:
-        (item,) = get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"expected a list, got {_show(value, key)}", source=source, key=key)
-        if item is JobConfig:
-            return [_build(JobConfig, v, _job_key(i, v), source) for i, v in enumerate(value)]
-        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected an object, got {_show(value, key)}", source=source, key=key)
-        return {str(k): _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {_show(value, key)}", source=source, key=key)
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"expected an integer, got {_show(value, key)}", source=source, key=key)
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"expected a number, got {_show(value, key)}", source=source, key=key)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"expected a string, got {_show(value, key)}", source=source, key=key)
-        return value
-    raise TypeError(f"unsupported config type {hint!r}")  # pragma: no cover - a bug in this module
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is list:
-        return "a list"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def _show(value: Any, key: str = "") -> str:
-    if is_secret(key.rsplit(".", 1)[-1]):
-        return "a value (hidden: the key looks like a secret)"
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) < 60 else text[:57] + "..."
-
-
-def _job_key(index: int, job: Any) -> str:
-    job_id = job.get("id") if isinstance(job, dict) else None
-    return f"jobs[{index}]" + (f" (id {job_id!r})" if isinstance(job_id, str) else "")
 
 
 # -- semantic validation -----------------------------------------------------------
@@ -396,19 +273,10 @@ def _validate(config: SchedulerConfig) -> None:
         raise ConfigError(str(exc), source=source, key="logging.max_log_size") from exc
     seen: set[str] = set()
     for index, job in enumerate(config.jobs):
-        key = _job_key(index, {"id": job.id})
-        check(bool(job.id.strip()), f"{key}.id", "must not be empty")
+        key = f"jobs{JobSpec.item_key(index, {'id': job.id})}"
+        job.check(key, source)
         check(job.id not in seen, f"{key}.id", f"duplicate job id {job.id!r}")
         seen.add(job.id)
-        check(job.type in ("script", "builtin", "function"), f"{key}.type", "must be script, builtin or function")
-        check(
-            job.retry_backoff in (None, *_enum_values(Backoff)), f"{key}.retry_backoff", "must be fixed or exponential"
-        )
-        check(
-            job.concurrency_policy in _enum_values(ConcurrencyPolicy),
-            f"{key}.concurrency_policy",
-            "must be forbid, allow or replace",
-        )
 
 
 def _enum_values(enum: type[Any]) -> list[str]:
@@ -433,97 +301,3 @@ def parse_size(value: str | int) -> int:
     if size <= 0:
         raise ValueError(f"size must be positive, got {value!r}")
     return size
-
-
-# -- jobs -> tasks -------------------------------------------------------------------
-
-
-def build_job(config: SchedulerConfig, index: int, job: JobConfig) -> tuple[BaseTask, ScheduleRule]:
-    """One configured job as a (task, rule) pair; errors name the job's key path."""
-    key = _job_key(index, {"id": job.id})
-    try:
-        rule = ScheduleRule.from_dict(job.schedule)
-    except TaskSchedulerError as exc:
-        raise ConfigError(str(exc), source=config.source, key=f"{key}.schedule") from exc
-    options: dict[str, Any] = {
-        "description": job.description,
-        "max_retries": job.max_retries,
-        "retry_delay": job.retry_delay,
-        "retry_backoff": job.retry_backoff,
-        "max_instances": job.max_instances,
-        "concurrency_policy": job.concurrency_policy,
-        "misfire_grace_time": job.misfire_grace_time,
-        "coalesce": job.coalesce,
-        "catch_up": job.catch_up,
-        "max_runs": job.max_runs,
-        "recover": job.recover,
-        "tags": job.tags,
-    }
-    timeout = job.timeout if job.timeout is not None else config.tasks.default_timeout
-    try:
-        task = _make_task(config, job, timeout, options, key)
-        if isinstance(task, ScriptTask):
-            task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs)
-    except ConfigError:
-        raise
-    except TaskSchedulerError as exc:
-        raise ConfigError(str(exc), source=config.source, key=key) from exc
-    return task, rule
-
-
-def _make_task(
-    config: SchedulerConfig, job: JobConfig, timeout: float | None, options: dict[str, Any], key: str
-) -> BaseTask:
-    def need(value: Any, name: str) -> Any:
-        if not value:
-            raise ConfigError(f"is required for a {job.type} job", source=config.source, key=f"{key}.{name}")
-        return value
-
-    if job.type == "script":
-        return ScriptTask(
-            job.id,
-            job.name,
-            need(job.script_path, "script_path"),
-            args=job.args,
-            working_dir=job.working_dir,
-            timeout=timeout,
-            env=job.env,
-            inherit_env=job.inherit_env,
-            kill_grace=config.tasks.kill_grace,
-            output_limit=config.tasks.output_limit,
-            **options,
-        )
-    if job.type == "builtin":
-        from task_scheduler.builtin import BUILTINS
-
-        name = need(job.builtin, "builtin")
-        if name not in BUILTINS:
-            raise ConfigError(
-                f"unknown builtin {name!r} (known: {', '.join(sorted(BUILTINS))})",
-                source=config.source,
-                key=f"{key}.builtin",
-            )
-        try:
-            return BUILTINS[name](
-                job.id,
-                job.name,
-                config=config,
-                timeout=timeout,
-                **job.params,
-                **options,
-            )
-        except TypeError as exc:
-            raise ConfigError(
-                f"bad params for builtin {name!r}: {exc}", source=config.source, key=f"{key}.params"
-            ) from exc
-    target = need(job.function, "function")
-    module_name, _, attribute = target.partition(":")
-    try:
-        func = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot import {target!r} (expected 'package.module:callable'): {exc}",
-            source=config.source,
-            key=f"{key}.function",
-        ) from exc
-    return FunctionTask(job.id, job.name, func, kwargs=job.kwargs, timeout=timeout, **options)

@@ -5,10 +5,13 @@ The loop sleeps on an Event until the earliest due time, never longer than
 ``check_interval``; adding, triggering or finishing a run wakes it early. One step of
 the loop is `TaskScheduler.run_due`, which tests call with a fixed ``now``. The wall
 clock (``clock.now()``) gives due times; the monotonic clock paces maintenance.
+Claimed runs are handed to the `Dispatcher` (dispatch.py), which runs them on the
+worker threads.
 
-Claimed runs go to a queue that at most ``max_workers`` "drains" on a
-ThreadPoolExecutor empty, one run after another: the same concurrency as a future per
-run, at a fraction of the cost per run.
+Where a task comes from (`Origin`): the config file, the program (``add_task``,
+decorators: re-added at every start), or the store (``add_job``, ``add_task(...,
+persistent=True)``, ``task-scheduler add``: a job defined by data, restored by every
+later process and picked up by a running one within ``check_interval``).
 
 Where the design differs from "the scheduler keeps a heap": the heap of due times
 lives in the store (the memory store keeps one; a database keeps an index), and the
@@ -19,41 +22,42 @@ disagree with itself.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, TypeVar
 
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
-from task_scheduler.errors import TaskError, TaskNotFoundError, TaskSchedulerError
+from task_scheduler.dispatch import Dispatcher
+from task_scheduler.errors import ConfigError, TaskError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
-from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, CANCEL_TIMEOUT, execute_attempt, retry_for
+from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, retry_for
+from task_scheduler.jobs import JobSpec, UnresolvedTask, spec_of
 from task_scheduler.logs import configure_logging
 from task_scheduler.monitoring import group_running, process_stats, task_status, totals
 from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
 from task_scheduler.stores.base import NodeInfo, Origin, Retry, RunRecord, RunState
-from task_scheduler.tasks import BaseTask, FunctionTask, ScriptTask, TaskContext
+from task_scheduler.tasks import BaseTask, FunctionTask, stop_process_group
 
 __all__ = ["TaskScheduler"]
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-# What tasks log through ``context.logger``; every record carries task_id and run_id
-# (see logs.py), so one logger serves all tasks (a logger per task costs ~1 KB each).
-TASK_LOGGER = logging.getLogger("task_scheduler.task")
+# How often jobs that could not be loaded (UnresolvedTask) are tried again, seconds.
+RETRY_UNRESOLVED = 30.0
+# One item to register: the task, its rule, its spec (as data) and why it cannot run.
+_Item = tuple[BaseTask, ScheduleRule, dict[str, Any] | None, str | None]
 
 _EVENT_FOR_STATE = {
     RunState.SUCCEEDED: EventType.EXECUTED,
@@ -63,16 +67,6 @@ _EVENT_FOR_STATE = {
     RunState.SKIPPED: EventType.MAX_INSTANCES,
     RunState.INTERRUPTED: EventType.INTERRUPTED,
 }
-
-
-@dataclass(slots=True)
-class _Active:
-    """A claimed run from its submission until its outcome is collected."""
-
-    record: RunRecord
-    context: TaskContext
-    entry: Registered
-    deadline: datetime | None = None
 
 
 class TaskScheduler:
@@ -110,14 +104,6 @@ class TaskScheduler:
         self._owns_store = store is None
         self.store: Store = store if store is not None else open_store(self.config, service=True)
         self._entries: dict[str, Registered] = {}
-        self._active: dict[str, _Active] = {}
-        self._finished: deque[RunRecord] = deque()
-        self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
-        self._deadlines: list[tuple[datetime, str]] = []  # (deadline, run_id) of function runs
-        self._queue: deque[_Active] = deque()  # launched runs waiting for a drain (see module doc)
-        self._drains = 0
-        self._in_flight = 0  # launched runs whose outcome is not collected yet
-        self._progress = threading.Condition(threading.Lock())
         self._events = EventDispatcher()
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -125,7 +111,7 @@ class TaskScheduler:
         self._signal_stop = threading.Event()
         self._reload_requested = threading.Event()
         self._loop_thread: threading.Thread | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._dispatcher = Dispatcher(settings.max_workers, self.clock.now, self._wake.set, self.store.record_process)
         self._started_at: float | None = None
         self._stopped = False
         self._claim_limit = max(500, settings.max_workers * 50)
@@ -136,31 +122,81 @@ class TaskScheduler:
         self._pruner: threading.Thread | None = None
         self._recovered = False
         self._last_step: tuple[datetime, float] | None = None
-        self.add_tasks(self.config.build_tasks(), origin=Origin.CONFIG)
+        self._revision = self.store.revision()
+        self._next_job_check = 0.0  # on the monotonic clock
+        self._next_unresolved_retry = 0.0
+        self._add([(task, rule, spec.to_dict(), None) for task, rule, spec in self.config.build_tasks()], Origin.CONFIG)
+        self._restore_jobs()
 
     # -- task management ------------------------------------------------------------
-    def add_task(self, task: BaseTask, rule: ScheduleRule, *, replace_existing: bool = False) -> None:
+    def add_task(
+        self, task: BaseTask, rule: ScheduleRule, *, replace_existing: bool = False, persistent: bool = False
+    ) -> None:
         """Register ``task`` on ``rule``. Raises TaskError for a duplicate id (unless
         ``replace_existing``), a missing or disallowed script, or a bad rule; nothing
-        else changes when it raises."""
-        self.add_tasks([(task, rule)], replace_existing=replace_existing)
+        else changes when it raises.
+
+        ``persistent``: store the task as data so that every later process restores
+        it without the code adding it again (see `add_job`). Only tasks that can be
+        said as data can be: a module-level function with JSON args, a script, a
+        handler task; a lambda, a closure or a bound method is refused with the reason.
+        """
+        self.add_tasks([(task, rule)], replace_existing=replace_existing, persistent=persistent)
 
     def add_tasks(
         self,
         pairs: Iterable[tuple[BaseTask, ScheduleRule]],
         *,
         replace_existing: bool = False,
-        origin: Origin = Origin.CODE,
+        persistent: bool = False,
     ) -> None:
         """Register many tasks in one store transaction (all or none)."""
+        items: list[_Item] = [
+            (task, rule, spec_of(task, rule).to_dict() if persistent else None, None) for task, rule in pairs
+        ]
+        self._add(items, Origin.PERSISTENT if persistent else Origin.CODE, replace_existing)
+
+    def add_job(
+        self, spec: JobSpec | Mapping[str, Any], *, replace_existing: bool = False, persistent: bool = True
+    ) -> BaseTask:
+        """Register a job defined by data - the same object a config ``jobs`` entry
+        is (`task_scheduler.jobs.JobSpec`): ``{"id": "report", "type": "function",
+        "function": "reports:daily", "kwargs": {...}, "schedule": {"cron": "0 2 * * *"}}``.
+
+        By default it is **persistent**: stored in the store as JSON, restored by
+        every later process, visible to ``task-scheduler list`` and ``show``, and
+        removed for good by `remove_task`. ``replace_existing`` changes a stored job
+        (new params, a new schedule). Raises ConfigError naming the key for a bad
+        spec (an unknown key, a callable that cannot be imported, a bad schedule).
+        Returns the task built from it.
+        """
+        data = spec.to_dict() if isinstance(spec, JobSpec) else dict(spec)
+        where = f"job {data.get('id')!r}"
+        job = JobSpec.from_dict(data, where)
+        task, rule = job.build(self.config, where)
+        self._add([(task, rule, job.to_dict(), None)], Origin.PERSISTENT if persistent else Origin.CODE,
+                  replace_existing)  # fmt: skip
+        return task
+
+    def _add(self, items: list[_Item], origin: Origin, replace_existing: bool = False) -> None:
+        self._check_running()
         now = self.clock.now()
-        entries = [register(task, rule, self.config, self.timezone, now, origin) for task, rule in pairs]
+        entries = [
+            register(task, rule, self.config, self.timezone, now, origin, spec, problem)
+            for task, rule, spec, problem in items
+        ]
         ids = Counter(entry.task.task_id for entry in entries)
         duplicates = {task_id for task_id, count in ids.items() if count > 1}
         with self._lock:
             taken = [] if replace_existing else [task_id for task_id in ids if task_id in self._entries]
             if duplicates or taken:
                 raise TaskError(f"task {sorted(duplicates or set(taken))[0]!r} is already registered")
+            for task_id in ids:
+                old = self._entries.get(task_id)
+                if old is not None and old.origin is Origin.CONFIG and origin is not Origin.CONFIG:
+                    raise TaskError(
+                        f"task {task_id!r} comes from the config file {self.config.source}; change it there"
+                    )
             states = self.store.sync_tasks([entry.definition for entry in entries], self.node_id)
             for entry in entries:
                 self._entries[entry.task.task_id] = entry
@@ -212,7 +248,9 @@ class TaskScheduler:
         return decorate
 
     def remove_task(self, task_id: str) -> None:
-        """Unschedule a task (a run in progress finishes); its history is kept."""
+        """Unschedule a task (a run in progress finishes); its history is kept. A
+        persistent job is removed from the store, for every process."""
+        self._check_running()
         with self._lock:
             if task_id not in self._entries:
                 raise TaskNotFoundError(task_id)
@@ -222,18 +260,24 @@ class TaskScheduler:
         logger.info("removed task %s", task_id)
 
     def reschedule_task(self, task_id: str, rule: ScheduleRule) -> None:
-        """Give a task a new rule; its next fire is computed from the new rule."""
+        """Give a task a new rule; its next fire is computed from the new rule. A
+        persistent job's stored definition changes with it."""
         entry = self._get(task_id)
-        self.add_task(entry.task, rule, replace_existing=True)
+        spec = entry.definition.spec
+        if spec is not None:
+            spec = {**spec, "schedule": rule.to_dict()}
+        self._add([(entry.task, rule, spec, entry.definition.problem)], entry.origin, replace_existing=True)
 
     def pause_task(self, task_id: str) -> None:
         """Stop firing ``task_id`` (a run in progress finishes); survives restarts."""
+        self._check_running()
         self._get(task_id)
         self.store.set_paused(task_id, True)
         logger.info("paused task %s", task_id)
 
     def resume_task(self, task_id: str) -> None:
         """Fire again; occurrences missed while paused follow the misfire rules."""
+        self._check_running()
         self._get(task_id)
         self.store.set_paused(task_id, False)
         logger.info("resumed task %s", task_id)
@@ -242,6 +286,7 @@ class TaskScheduler:
     def run_now(self, task_id: str) -> str:
         """Queue one extra run of ``task_id`` due now; returns its run id. It obeys
         max_instances by waiting, never by being dropped."""
+        self._check_running()
         self._get(task_id)
         record = self.store.request_run(task_id, self.clock.now(), self.node_id)
         self._wake.set()
@@ -253,6 +298,13 @@ class TaskScheduler:
     def get_tasks(self) -> list[BaseTask]:
         with self._lock:
             return [entry.task for entry in self._entries.values()]
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise TaskSchedulerError(
+                "the scheduler is stopped: it can still report (get_task_status, get_tasks, store.history) "
+                "but not change anything; create a new TaskScheduler"
+            )
 
     def _get(self, task_id: str) -> Registered:
         with self._lock:
@@ -277,7 +329,7 @@ class TaskScheduler:
         if not self._recovered:
             self._recover(now)
         self._collect_finished(now)
-        self._enforce_timeouts(now)
+        self._dispatcher.enforce_timeouts(now)
         self._maintain(now)
         interval = self.config.scheduler.check_interval
         if self._stopping.is_set():
@@ -292,20 +344,13 @@ class TaskScheduler:
                 record.error,
             )
             self._emit(record, now)
-        for run_id in claim.replace:
-            active = self._active.get(run_id)
-            if active is not None:
-                active.context.cancel(CANCEL_REPLACED)
+        self._dispatcher.cancel(claim.replace, CANCEL_REPLACED)
         for record in claim.runs:
             self._submit(record, now)
-        while self._delayed and self._delayed[0][0] <= now:
-            _, run_id = heapq.heappop(self._delayed)
-            if run_id in self._active:
-                self._launch(self._active[run_id], now)
+        self._dispatcher.start_delayed(now)
         if claim.more:
             return 0.0
-        wake_times = [claim.next_due] if claim.next_due else []
-        wake_times += [heap[0][0] for heap in (self._delayed, self._deadlines) if heap]
+        wake_times = [when for when in (claim.next_due, self._dispatcher.next_wake()) if when is not None]
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         return interval
@@ -329,10 +374,19 @@ class TaskScheduler:
         """Renew this node's leases, reap dead nodes' runs, prune old history; each on
         its own period of the monotonic clock, so it costs nothing on most steps."""
         monotonic = self.clock.monotonic()
+        if monotonic >= self._next_job_check:
+            self._next_job_check = monotonic + self.config.scheduler.check_interval
+            revision = self.store.revision()
+            if revision != self._revision:
+                self._revision = revision
+                self._restore_jobs()
+            elif monotonic >= self._next_unresolved_retry:
+                self._next_unresolved_retry = monotonic + RETRY_UNRESOLVED
+                self._retry_unresolved()
         if monotonic >= self._next_heartbeat:
             self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
             node = self._node_info(now)
-            self.store.heartbeat(node, list(self._active), now + self.lease)
+            self.store.heartbeat(node, list(self._dispatcher.active), now + self.lease)
             for record in self.store.reap(now, self.lease.total_seconds()):
                 logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
                 self._emit(record, now)
@@ -373,89 +427,30 @@ class TaskScheduler:
 
     def _submit(self, record: RunRecord, now: datetime) -> None:
         entry = self._entries.get(record.task_id)
-        if entry is None:
+        if entry is None:  # removed from this process between claim and submit
             record.state, record.finished_at = RunState.FAILED, now
             record.error = "task is not registered in this process"
             self.store.finish([record])
             return
-        context = TaskContext(
-            record.task_id, record.run_id, record.scheduled_for, record.attempt, TASK_LOGGER, entry.timeout
-        )
-        active = _Active(record, context, entry)
-        with self._lock:
-            self._active[record.run_id] = active
-        start_at = now
-        if entry.rule.jitter and not record.manual and record.attempt == 1:
-            start_at = record.scheduled_for + entry.rule.jitter_offset(record.task_id, record.scheduled_for)
-        if start_at > now:  # jitter: the run waits in the loop's heap, not in a worker
-            heapq.heappush(self._delayed, (start_at, record.run_id))
-        else:
-            self._launch(active, now)
-
-    def _launch(self, active: _Active, now: datetime) -> None:
-        entry = active.entry
-        # Scripts enforce their own timeout (and kill their process group); other
-        # tasks get their cancel event set by the loop at the deadline.
-        if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
-            active.deadline = now + timedelta(seconds=entry.timeout)
-            heapq.heappush(self._deadlines, (active.deadline, active.record.run_id))
-        self._queue.append(active)
-        with self._progress:
-            self._in_flight += 1
-            start_drain = self._drains < self.config.scheduler.max_workers
-            if start_drain:
-                self._drains += 1
-        if start_drain:
-            (self._executor or self._start_executor()).submit(self._drain)
+        self._dispatcher.submit(record, entry, now)
         if self._events:
-            self._emit(active.record, now, EventType.SUBMITTED)
-
-    def _drain(self) -> None:
-        """A worker: run queued runs until the queue is empty. (deque append and
-        popleft are atomic; the lock only guards the decision to exit, so a run
-        queued meanwhile is never stranded.)"""
-        while True:
-            try:
-                active = self._queue.popleft()
-            except IndexError:
-                with self._progress:
-                    if self._queue:
-                        continue
-                    self._drains -= 1
-                    return
-            if active.context.cancelled:  # cancelled (replace, stop) before it started
-                record = active.record
-                record.state, record.finished_at = RunState.INTERRUPTED, self.clock.now()
-                record.error = f"interrupted before it started: {active.context.cancel_reason}"
-                final = record
-            else:
-                final = execute_attempt(active.entry.task, active.record, active.context, self.clock.now)
-            with self._progress:
-                self._finished.append(final)
-                first = len(self._finished) == 1
-                self._progress.notify_all()
-            if first:  # one wake per batch: the loop collects everything finished so far
-                self._wake.set()
+            self._emit(record, now, EventType.SUBMITTED)
 
     def _collect_finished(self, now: datetime) -> None:
-        with self._progress:
-            records = list(self._finished)
-            self._finished.clear()
-        if not records:
+        finished = self._dispatcher.take_finished()
+        if not finished:
             return
+        records = [record for record, _ in finished]
         retries: list[Retry] = []
         with self._lock:
-            for record in records:
-                active = self._active.pop(record.run_id, None)
+            for record, active in finished:
                 entry = active.entry if active else self._entries.get(record.task_id)
                 # Retries decided during shutdown are stored too: the next start runs them.
                 retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
                 if retry is not None:
                     retries.append(retry)
         self.store.finish(records, retries)
-        with self._progress:
-            self._in_flight -= len(records)
-            self._progress.notify_all()
+        self._dispatcher.collected(len(records))
         for retry in retries:
             record = retry.record
             logger.info(
@@ -467,20 +462,6 @@ class TaskScheduler:
                 self._emit(record, now)
                 if record.run_id in retried:
                     self._emit(record, now, EventType.RETRY, retried[record.run_id])
-
-    def _enforce_timeouts(self, now: datetime) -> None:
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, run_id = heapq.heappop(self._deadlines)
-            active = self._active.get(run_id)
-            if active is None or active.context.cancelled:
-                continue
-            logger.warning(
-                "task %s run %s passed its timeout of %ss; cancelling",
-                active.record.task_id,
-                run_id,
-                active.context.timeout,
-            )
-            active.context.cancel(CANCEL_TIMEOUT)
 
     def _emit(
         self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
@@ -498,14 +479,10 @@ class TaskScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._collect_finished(self.clock.now())
-            with self._progress:
-                if self._in_flight == 0:
-                    return True
-                if not self._finished:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._progress.wait(remaining)
+            if self._dispatcher.in_flight == 0:
+                return True
+            if not self._dispatcher.wait(deadline):
+                return False
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -518,7 +495,7 @@ class TaskScheduler:
             return
         if self._stopped:
             raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
-        self._start_executor()
+        self._dispatcher.start()
         self._started_at = time.monotonic()
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
         self._loop_thread.start()
@@ -538,21 +515,96 @@ class TaskScheduler:
         self._recovered = True
         import psutil  # imported when needed: start-up time matters
 
-        for node in self.store.nodes():
-            if node.host == self._host and node.node_id != self.node_id and not psutil.pid_exists(node.pid):
-                for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
-                    logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
-                    self._emit(record, now)
+        dead = [
+            node
+            for node in self.store.nodes()
+            if node.host == self._host and node.node_id != self.node_id and not psutil.pid_exists(node.pid)
+        ]
+        if dead:
+            self._stop_leftovers({node.node_id for node in dead})
+        for node in dead:
+            for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
+                logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
+                self._emit(record, now)
         stale = self.store.unschedule_unregistered()
         if stale:
             logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(stale))
         self._next_heartbeat = 0.0
 
-    def _start_executor(self) -> ThreadPoolExecutor:
+    def _stop_leftovers(self, dead_nodes: set[str]) -> None:
+        """Stop the process groups that scripts of dead processes on this host left
+        running (kill -9 of the service does not reach them; systemd's KillMode does),
+        before their runs are recorded INTERRUPTED and perhaps recovered: a recovered
+        run must never run beside its orphan. A pid is only trusted with the start
+        time recorded for it, so a reused pid is left alone."""
+        import psutil
+
+        for record in self.store.active_runs():
+            if record.node not in dead_nodes or record.pid is None or record.state is not RunState.RUNNING:
+                continue
+            try:
+                started = psutil.Process(record.pid).create_time()
+            except psutil.Error:
+                continue  # gone already
+            if record.pid_started is None or abs(started - record.pid_started) > 0.5:
+                continue  # the pid was reused by another process
+            logger.warning(
+                "stopping process group %d left running by task %s run %s of a dead scheduler process",
+                record.pid,
+                record.task_id,
+                record.run_id,
+            )
+            stop_process_group(record.pid, self.config.tasks.kill_grace)
+
+    # -- persistent jobs --------------------------------------------------------------
+    def _restore_jobs(self) -> None:
+        """Bring this process's persistent jobs in line with the store: jobs added or
+        changed by another process (the CLI, another node) are built and registered,
+        removed ones dropped. A job whose code cannot be loaded is registered as an
+        `UnresolvedTask` (its runs fail with the reason) and reported, never dropped."""
+        specs = self.store.job_specs(Origin.PERSISTENT)
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.config.scheduler.max_workers, thread_name_prefix="task-worker")
-            return self._executor
+            mine = {tid: e for tid, e in self._entries.items() if e.origin is Origin.PERSISTENT}
+            others = {tid for tid, e in self._entries.items() if e.origin is not Origin.PERSISTENT}
+            for task_id in set(mine) - set(specs):
+                del self._entries[task_id]
+                logger.info("task %s was removed from the store by another process", task_id)
+        items: list[_Item] = []
+        for task_id, spec in sorted(specs.items()):
+            if task_id in others or (task_id in mine and mine[task_id].definition.spec == spec):
+                continue
+            try:
+                item = self._build_stored(spec)
+            except TaskSchedulerError as exc:
+                logger.error("stored job %s cannot be scheduled: %s", task_id, exc)
+                continue
+            items.append(item)
+        if items:
+            self._add(items, Origin.PERSISTENT, replace_existing=True)
+
+    def _build_stored(self, data: dict[str, Any]) -> _Item:
+        """A stored spec as a task; one whose code cannot be loaded as an UnresolvedTask."""
+        where = f"stored job {data.get('id')!r}"
+        spec = JobSpec.from_dict(data, where)
+        try:
+            task, rule = spec.build(self.config, where)
+            return task, rule, data, None
+        except ConfigError as exc:
+            logger.error("%s: its runs fail until this is fixed or the job is removed", exc)
+            return UnresolvedTask(spec, str(exc), self.config), ScheduleRule.from_dict(spec.schedule), data, str(exc)
+
+    def _retry_unresolved(self) -> None:
+        with self._lock:
+            unresolved = [e for e in self._entries.values() if isinstance(e.task, UnresolvedTask)]
+        items: list[_Item] = []
+        for entry in unresolved:
+            assert isinstance(entry.task, UnresolvedTask)
+            task = entry.task.resolve()
+            if task is not None:
+                logger.info("stored job %s can be loaded again", entry.task.task_id)
+                items.append((task, entry.rule, entry.definition.spec, None))
+        if items:
+            self._add(items, Origin.PERSISTENT, replace_existing=True)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -580,21 +632,18 @@ class TaskScheduler:
         if self._loop_thread is not None:
             self._loop_thread.join()
         limit = self.config.scheduler.shutdown_timeout if timeout is None else timeout
-        if self._active:
-            logger.info("stopping: waiting up to %ss for %d running task(s)", limit if wait else 0, len(self._active))
+        running = len(self._dispatcher.active)
+        if running:
+            logger.info("stopping: waiting up to %ss for %d running task(s)", limit if wait else 0, running)
         if not wait or not self.wait_for_runs(limit):
-            # Queued runs are recorded INTERRUPTED without starting; running scripts
-            # are killed with their process group; functions are asked to stop.
-            for active in list(self._active.values()):
-                active.context.cancel(CANCEL_SHUTDOWN)
+            self._dispatcher.cancel_all(CANCEL_SHUTDOWN)
             self.wait_for_runs(self.config.tasks.kill_grace + 1.0)
         now = self.clock.now()
         self._collect_finished(now)
         for record in self.store.leave(self.node_id, now, "the scheduler stopped before the run finished"):
             logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
             self._emit(record, now)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._dispatcher.shutdown()
         if self._pruner is not None:
             self._pruner.join(timeout=30)
         if self._owns_store:
@@ -644,11 +693,11 @@ class TaskScheduler:
             config.scheduler, config.store = self.config.scheduler, self.config.store
         with self._lock:
             old = {task_id for task_id, entry in self._entries.items() if entry.origin is Origin.CONFIG}
-        new_ids = {task.task_id for task, _ in pairs}
+        new_ids = {task.task_id for task, _, _ in pairs}
         for task_id in old - new_ids:
             self.remove_task(task_id)
         self.config = config
-        self.add_tasks(pairs, replace_existing=True, origin=Origin.CONFIG)
+        self._add([(task, rule, spec.to_dict(), None) for task, rule, spec in pairs], Origin.CONFIG, True)
         configure_logging(config)
         logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
         return True
@@ -663,7 +712,8 @@ class TaskScheduler:
         states = self.store.task_states()
         with self._lock:
             entries = dict(self._entries) if task_id is None else {task_id: self._entries.get(task_id)}
-            running = group_running((a.record.task_id, a.record, a.deadline) for a in self._active.values())
+            active = list(self._dispatcher.active.values())
+        running = group_running((a.record.task_id, a.record, a.deadline) for a in active)
         now = self.clock.now()
 
         def status(entry: Registered) -> dict[str, Any]:

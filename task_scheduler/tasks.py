@@ -93,6 +93,7 @@ class TaskContext:
         "error",
         "exit_code",
         "logger",
+        "on_process",
         "output",
         "run_id",
         "scheduled_for",
@@ -125,6 +126,9 @@ class TaskContext:
         self.timed_out = False
         self._cancel_event: threading.Event | None = None
         self._on_cancel: list[Callable[[], None]] | None = None
+        # Called by a script run with (run_id, pid, process start time) once its
+        # process exists; the scheduler records it so a restart can find orphans.
+        self.on_process: Callable[[str, int, float], None] | None = None
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -418,6 +422,8 @@ class ScriptTask(BaseTask):
         )
         killer = _GroupKiller(process, self.kill_grace)
         context.on_cancel(killer.start)
+        if context.on_process is not None:
+            _report_process(context, process.pid)
         stdout, stderr = _read_until_exit(process, context.timeout, killer, self.output_limit)
         if killer.started and not context.cancelled:
             context.timed_out = True
@@ -470,6 +476,30 @@ class _GroupKiller:
         if self._thread is not None:
             self._thread.join()
         self.process.wait()
+
+
+def _report_process(context: TaskContext, pid: int) -> None:
+    import psutil  # imported when needed: start-up time matters
+
+    assert context.on_process is not None
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return  # it is gone already: nothing could be left behind by a crash
+    try:
+        context.on_process(context.run_id, pid, started)
+    except Exception:  # the run goes on: this only helps a later restart clean up
+        logger.warning("could not record process %d of run %s", pid, context.run_id, exc_info=True)
+
+
+def stop_process_group(pgid: int, grace: float) -> None:
+    """SIGTERM to a process group, then SIGKILL to what is left after ``grace`` seconds."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -19,7 +19,7 @@ def test_validate_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
 def test_config_before_the_subcommand_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(ROOT / "scheduler_config.json"), "validate", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["valid"] is True and "heartbeat" in result["jobs"]
+    assert result["valid"] is True and "heartbeat" in [job["id"] for job in result["jobs"]]
 
 
 def test_validate_bad_config_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

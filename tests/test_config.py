@@ -28,7 +28,7 @@ def test_defaults_for_everything() -> None:
 
 def test_shipped_config_is_valid_and_declares_the_predefined_jobs() -> None:
     config = load_config(ROOT / "scheduler_config.json", environ={})
-    jobs = {task.task_id: (task, rule) for task, rule in config.build_tasks()}
+    jobs = {task.task_id: (task, rule) for task, rule, _ in config.build_tasks()}
     assert set(jobs) == {"data_upload", "sensor_data_collection", "heartbeat", "log_cleanup"}
     assert jobs["heartbeat"][1].describe() == "every 30 seconds"
     assert jobs["sensor_data_collection"][1].describe() == "every 5 minutes"
@@ -67,6 +67,10 @@ def test_env_overrides(base_dir: Path) -> None:
         ),
         (
             {"jobs": [{"id": "a", "schedule": {"interval": 5}}]},
+            "jobs[0] (id 'a').type: cannot tell what runs: set 'type' to one of script, function, class",
+        ),
+        (
+            {"jobs": [{"id": "a", "type": "script", "schedule": {"interval": 5}}]},
             "jobs[0] (id 'a').script_path: is required for a script job",
         ),
         (
@@ -113,7 +117,7 @@ def test_relative_paths_resolve_against_base_dir(base_dir: Path) -> None:
     write_script(base_dir, "ok.py", "print('ok')\n")
     path = write(base_dir, {"jobs": [{"id": "ok", "script_path": "scripts/ok.py", "schedule": {"interval": 60}}]})
     config = load_config(path, environ={})
-    [(task, _)] = config.build_tasks()
+    [(task, _, _)] = config.build_tasks()
     assert isinstance(task, ScriptTask) and task.script_path == (base_dir / "scripts" / "ok.py").resolve()
     assert config.data_dir == base_dir / "data"
 

@@ -1,0 +1,220 @@
+"""Handing claimed runs to worker threads and collecting their outcomes.
+
+The scheduler's loop claims occurrences from the store; the `Dispatcher` runs them.
+Claimed runs go to a queue that at most ``max_workers`` "drains" on a
+ThreadPoolExecutor empty, one run after another: the same concurrency as a future per
+run, at a fraction of the cost per run. A run with jitter waits in a heap here (not in
+a worker) until its start time; a function run with a timeout has a deadline in
+another heap, and the loop cancels it when the deadline passes (scripts enforce
+their own timeout and kill their process group). Finished runs are collected by the
+loop in batches: one wake-up per batch, not per run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from task_scheduler.execution import CANCEL_TIMEOUT, execute_attempt
+from task_scheduler.registry import Registered
+from task_scheduler.stores.base import RunRecord, RunState
+from task_scheduler.tasks import ScriptTask, TaskContext
+
+__all__ = ["Active", "Dispatcher"]
+
+logger = logging.getLogger(__name__)
+# What tasks log through ``context.logger``; every record carries task_id and run_id
+# (see logs.py), so one logger serves all tasks (a logger per task costs ~1 KB each).
+TASK_LOGGER = logging.getLogger("task_scheduler.task")
+
+
+@dataclass(slots=True)
+class Active:
+    """A claimed run from its submission until its outcome is collected."""
+
+    record: RunRecord
+    context: TaskContext
+    entry: Registered
+    deadline: datetime | None = None
+
+
+class Dispatcher:
+    """Runs claimed occurrences on up to ``max_workers`` threads.
+
+    ``now`` is the scheduler's wall clock; ``wake`` is called when the first run of
+    a batch finishes, so the loop collects it; ``on_process`` is called by script
+    runs with (run_id, pid, pid_started) as soon as their process exists.
+    """
+
+    def __init__(
+        self,
+        max_workers: int,
+        now: Callable[[], datetime],
+        wake: Callable[[], None],
+        on_process: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.max_workers = max_workers
+        self._now = now
+        self._wake = wake
+        self._on_process = on_process
+        self.active: dict[str, Active] = {}  # run_id -> run, from submission until collected
+        self._finished: deque[RunRecord] = deque()
+        self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
+        self._deadlines: list[tuple[datetime, str]] = []  # (deadline, run_id) of function runs
+        self._queue: deque[Active] = deque()  # launched runs waiting for a drain (see module doc)
+        self._drains = 0
+        self._in_flight = 0  # launched runs whose outcome is not collected yet
+        self._progress = threading.Condition(threading.Lock())
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Create the worker pool now (instead of at the first run)."""
+        self._pool()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="task-worker")
+            return self._executor
+
+    # -- submitting -------------------------------------------------------------------
+    def submit(self, record: RunRecord, entry: Registered, now: datetime) -> Active:
+        """Take a claimed run; it starts now, or at its jitter offset."""
+        context = TaskContext(
+            record.task_id, record.run_id, record.scheduled_for, record.attempt, TASK_LOGGER, entry.timeout
+        )
+        if self._on_process is not None and isinstance(entry.task, ScriptTask):
+            context.on_process = self._on_process
+        active = Active(record, context, entry)
+        self.active[record.run_id] = active
+        start_at = now
+        if entry.rule.jitter and not record.manual and record.attempt == 1:
+            start_at = record.scheduled_for + entry.rule.jitter_offset(record.task_id, record.scheduled_for)
+        if start_at > now:  # jitter: the run waits in a heap, not in a worker
+            heapq.heappush(self._delayed, (start_at, record.run_id))
+        else:
+            self._launch(active, now)
+        return active
+
+    def start_delayed(self, now: datetime) -> None:
+        """Launch the jittered runs whose start time has come."""
+        while self._delayed and self._delayed[0][0] <= now:
+            _, run_id = heapq.heappop(self._delayed)
+            if run_id in self.active:
+                self._launch(self.active[run_id], now)
+
+    def _launch(self, active: Active, now: datetime) -> None:
+        entry = active.entry
+        # Scripts enforce their own timeout (and kill their process group); other
+        # tasks get their cancel event set by the loop at the deadline.
+        if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
+            active.deadline = now + timedelta(seconds=entry.timeout)
+            heapq.heappush(self._deadlines, (active.deadline, active.record.run_id))
+        self._queue.append(active)
+        with self._progress:
+            self._in_flight += 1
+            start_drain = self._drains < self.max_workers
+            if start_drain:
+                self._drains += 1
+        if start_drain:
+            self._pool().submit(self._drain)
+
+    def _drain(self) -> None:
+        """A worker: run queued runs until the queue is empty. (deque append and
+        popleft are atomic; the lock only guards the decision to exit, so a run
+        queued meanwhile is never stranded.)"""
+        while True:
+            try:
+                active = self._queue.popleft()
+            except IndexError:
+                with self._progress:
+                    if self._queue:
+                        continue
+                    self._drains -= 1
+                    return
+            if active.context.cancelled:  # cancelled (replace, stop) before it started
+                record = active.record
+                record.state, record.finished_at = RunState.INTERRUPTED, self._now()
+                record.error = f"interrupted before it started: {active.context.cancel_reason}"
+                final = record
+            else:
+                final = execute_attempt(active.entry.task, active.record, active.context, self._now)
+            with self._progress:
+                self._finished.append(final)
+                first = len(self._finished) == 1
+                self._progress.notify_all()
+            if first:  # one wake per batch: the loop collects everything finished so far
+                self._wake()
+
+    # -- the loop's side --------------------------------------------------------------
+    def enforce_timeouts(self, now: datetime) -> None:
+        """Cancel function runs past their deadline."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, run_id = heapq.heappop(self._deadlines)
+            active = self.active.get(run_id)
+            if active is None or active.context.cancelled:
+                continue
+            logger.warning(
+                "task %s run %s passed its timeout of %ss; cancelling",
+                active.record.task_id,
+                run_id,
+                active.context.timeout,
+            )
+            active.context.cancel(CANCEL_TIMEOUT)
+
+    def take_finished(self) -> list[tuple[RunRecord, Active | None]]:
+        """The runs finished since the last call, with what was submitted for them.
+        Their slots stay counted as in flight until `collected`."""
+        with self._progress:
+            records = list(self._finished)
+            self._finished.clear()
+        return [(record, self.active.pop(record.run_id, None)) for record in records]
+
+    def collected(self, count: int) -> None:
+        """``count`` finished runs have been recorded."""
+        with self._progress:
+            self._in_flight -= count
+            self._progress.notify_all()
+
+    def wait(self, deadline: float | None) -> bool:
+        """Block until a run finishes or none is in flight (True), or until the
+        ``deadline`` on time.monotonic() passes (False)."""
+        with self._progress:
+            while self._in_flight and not self._finished:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+            return True
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def next_wake(self) -> datetime | None:
+        """The earliest jitter start or function deadline, if any."""
+        times = [heap[0][0] for heap in (self._delayed, self._deadlines) if heap]
+        return min(times) if times else None
+
+    def cancel(self, run_ids: list[str], reason: str) -> None:
+        for run_id in run_ids:
+            active = self.active.get(run_id)
+            if active is not None:
+                active.context.cancel(reason)
+
+    def cancel_all(self, reason: str) -> None:
+        """Queued runs end INTERRUPTED without starting; running scripts are killed
+        with their process group; functions are asked to stop."""
+        self.cancel(list(self.active), reason)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
