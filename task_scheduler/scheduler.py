@@ -30,7 +30,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, TypeVar
@@ -43,12 +42,13 @@ from task_scheduler.events import EventDispatcher, EventType, Listener, Schedule
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, retry_for
 from task_scheduler.jobs import JobSpec, UnresolvedTask, spec_of
 from task_scheduler.logs import configure_logging
+from task_scheduler.maintenance import Maintenance
 from task_scheduler.monitoring import group_running, process_stats, task_status, totals
 from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
-from task_scheduler.stores.base import NodeInfo, Origin, Retry, RunRecord, RunState
-from task_scheduler.tasks import BaseTask, FunctionTask, stop_process_group
+from task_scheduler.stores.base import Origin, Retry, RunRecord, RunState
+from task_scheduler.tasks import BaseTask, FunctionTask
 
 __all__ = ["TaskScheduler"]
 
@@ -115,13 +115,10 @@ class TaskScheduler:
         self._started_at: float | None = None
         self._stopped = False
         self._claim_limit = max(500, settings.max_workers * 50)
-        self._host = socket.gethostname()
-        self._node: NodeInfo | None = None
-        self._next_heartbeat = 0.0  # on the monotonic clock
-        self._next_prune = 0.0
-        self._pruner: threading.Thread | None = None
+        self._maintenance = Maintenance(
+            self.store, self.config, self.node_id, self.clock, lambda: list(self._dispatcher.active), self._emit
+        )
         self._recovered = False
-        self._last_step: tuple[datetime, float] | None = None
         self._revision = self.store.revision()
         self._next_job_check = 0.0  # on the monotonic clock
         self._next_unresolved_retry = 0.0
@@ -325,12 +322,13 @@ class TaskScheduler:
         """One loop step: collect finished runs, enforce timeouts, claim and submit
         due occurrences. Returns the seconds the loop may sleep before the next step."""
         now = now or self.clock.now()
-        self._notice_clock_jump(now)
         if not self._recovered:
-            self._recover(now)
+            self._recovered = True
+            self._maintenance.recover(now)
         self._collect_finished(now)
         self._dispatcher.enforce_timeouts(now)
-        self._maintain(now)
+        self._maintenance.step(now)
+        self._poll_jobs()
         interval = self.config.scheduler.check_interval
         if self._stopping.is_set():
             return interval
@@ -355,71 +353,20 @@ class TaskScheduler:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         return interval
 
-    def _notice_clock_jump(self, now: datetime) -> None:
-        """Log when the wall clock moved differently from the monotonic clock between
-        two steps (NTP step, manual change, suspend). Due times follow the wall clock:
-        after a forward jump the skipped occurrences follow the misfire rules; after a
-        backward jump nothing runs twice and jobs wait until the clock reaches their
-        next due time again."""
+    def _poll_jobs(self) -> None:
+        """Every check_interval: pick up persistent jobs other processes changed, and
+        every RETRY_UNRESOLVED seconds try again to load the ones that failed to."""
         monotonic = self.clock.monotonic()
-        if self._last_step is not None:
-            last_wall, last_monotonic = self._last_step
-            jump = (now - last_wall).total_seconds() - (monotonic - last_monotonic)
-            if abs(jump) > max(1.0, self.config.scheduler.check_interval):
-                direction = "forward" if jump > 0 else "back"
-                logger.warning("the wall clock jumped %s by %.1fs; due times follow it", direction, abs(jump))
-        self._last_step = (now, monotonic)
-
-    def _maintain(self, now: datetime) -> None:
-        """Renew this node's leases, reap dead nodes' runs, prune old history; each on
-        its own period of the monotonic clock, so it costs nothing on most steps."""
-        monotonic = self.clock.monotonic()
-        if monotonic >= self._next_job_check:
-            self._next_job_check = monotonic + self.config.scheduler.check_interval
-            revision = self.store.revision()
-            if revision != self._revision:
-                self._revision = revision
-                self._restore_jobs()
-            elif monotonic >= self._next_unresolved_retry:
-                self._next_unresolved_retry = monotonic + RETRY_UNRESOLVED
-                self._retry_unresolved()
-        if monotonic >= self._next_heartbeat:
-            self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
-            node = self._node_info(now)
-            self.store.heartbeat(node, list(self._dispatcher.active), now + self.lease)
-            for record in self.store.reap(now, self.lease.total_seconds()):
-                logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
-                self._emit(record, now)
-        if monotonic >= self._next_prune and not (self._pruner and self._pruner.is_alive()):
-            self._next_prune = monotonic + 600
-            history = self.config.history
-            older_than = now - timedelta(days=history.max_age_days) if history.max_age_days else None
-            # Off the loop thread: a large prune is many short transactions, and the
-            # loop keeps claiming between them.
-            self._pruner = threading.Thread(
-                target=self._prune,
-                args=(older_than, history.max_runs_per_task),
-                name="task-scheduler-prune",
-                daemon=True,
-            )
-            self._pruner.start()
-
-    def _prune(self, older_than: datetime | None, keep_per_task: int | None) -> None:
-        try:
-            pruned = self.store.prune(older_than, keep_per_task)
-        except TaskSchedulerError as exc:  # the store was closed by stop(), or is broken
-            logger.warning("pruning the history failed: %s", exc)
+        if monotonic < self._next_job_check:
             return
-        if pruned:
-            logger.info("pruned %d old run record(s) from the history", pruned)
-
-    def _node_info(self, now: datetime) -> NodeInfo:
-        if self._node is None:
-            self._node = NodeInfo(
-                self.node_id, self._host, os.getpid(), now, now, self.config.source, self.store.location
-            )
-        self._node = replace(self._node, heartbeat_at=now)
-        return self._node
+        self._next_job_check = monotonic + self.config.scheduler.check_interval
+        revision = self.store.revision()
+        if revision != self._revision:
+            self._revision = revision
+            self._restore_jobs()
+        elif monotonic >= self._next_unresolved_retry:
+            self._next_unresolved_retry = monotonic + RETRY_UNRESOLVED
+            self._retry_unresolved()
 
     def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
         entry = self._entries.get(task_id)
@@ -505,56 +452,6 @@ class TaskScheduler:
             self.config.scheduler.max_workers,
             self.node_id,
         )
-
-    def _recover(self, now: datetime) -> None:
-        """The first step reconciles the store with this process: runs of dead
-        processes on this host are recorded INTERRUPTED at once (other hosts' when
-        their lease expires); then config and code tasks that no node defines any more
-        are unscheduled, their history kept (tasks other live nodes run stay).
-        Tasks must therefore be added before the first step (start)."""
-        self._recovered = True
-        import psutil  # imported when needed: start-up time matters
-
-        dead = [
-            node
-            for node in self.store.nodes()
-            if node.host == self._host and node.node_id != self.node_id and not psutil.pid_exists(node.pid)
-        ]
-        if dead:
-            self._stop_leftovers({node.node_id for node in dead})
-        for node in dead:
-            for record in self.store.leave(node.node_id, now, f"the process running it (pid {node.pid}) died"):
-                logger.warning("task %s run %s was interrupted: %s", record.task_id, record.run_id, record.error)
-                self._emit(record, now)
-        stale = self.store.unschedule_unregistered()
-        if stale:
-            logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(stale))
-        self._next_heartbeat = 0.0
-
-    def _stop_leftovers(self, dead_nodes: set[str]) -> None:
-        """Stop the process groups that scripts of dead processes on this host left
-        running (kill -9 of the service does not reach them; systemd's KillMode does),
-        before their runs are recorded INTERRUPTED and perhaps recovered: a recovered
-        run must never run beside its orphan. A pid is only trusted with the start
-        time recorded for it, so a reused pid is left alone."""
-        import psutil
-
-        for record in self.store.active_runs():
-            if record.node not in dead_nodes or record.pid is None or record.state is not RunState.RUNNING:
-                continue
-            try:
-                started = psutil.Process(record.pid).create_time()
-            except psutil.Error:
-                continue  # gone already
-            if record.pid_started is None or abs(started - record.pid_started) > 0.5:
-                continue  # the pid was reused by another process
-            logger.warning(
-                "stopping process group %d left running by task %s run %s of a dead scheduler process",
-                record.pid,
-                record.task_id,
-                record.run_id,
-            )
-            stop_process_group(record.pid, self.config.tasks.kill_grace)
 
     # -- persistent jobs --------------------------------------------------------------
     def _restore_jobs(self) -> None:
@@ -644,8 +541,7 @@ class TaskScheduler:
             logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
             self._emit(record, now)
         self._dispatcher.shutdown()
-        if self._pruner is not None:
-            self._pruner.join(timeout=30)
+        self._maintenance.join()
         if self._owns_store:
             self.store.close()
         logger.info("scheduler stopped")

@@ -335,12 +335,11 @@ def test_history_is_pruned_by_count_and_age(config: SchedulerConfig, clock: Manu
     assert len(scheduler.store.history("tick")) == (3 if config.store.url == "memory://" else 8)
     scheduler.pause_task("tick")  # no new records from here on
     step(scheduler, clock, 600)  # ten more minutes on the monotonic clock: the pruner runs
-    assert scheduler._pruner is not None
-    scheduler._pruner.join(10)
+    scheduler._maintenance.join(10)
     assert len(scheduler.store.history("tick")) == 3
     clock.advance(2 * 86400)
     scheduler.run_due()
-    scheduler._pruner.join(10)
+    scheduler._maintenance.join(10)
     assert scheduler.store.history("tick") == []  # all older than a day
     scheduler.stop()
 
