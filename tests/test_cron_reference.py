@@ -119,7 +119,7 @@ def instants(wall: datetime, zone: tzinfo, wildcard_hour: bool) -> list[datetime
 
 
 def near_transition(moment: datetime, zone: tzinfo) -> bool:
-    return zone.utcoffset(moment - timedelta(days=1)) != zone.utcoffset(moment + timedelta(days=1))  # type: ignore[arg-type]
+    return zone.utcoffset(moment - timedelta(days=1)) != zone.utcoffset(moment + timedelta(days=1))
 
 
 def reference_fires(expression: str, zone: tzinfo, after: datetime, count: int) -> list[datetime]:
