@@ -15,7 +15,10 @@ Time zones and DST (the semantics users trip on):
   simply runs at the times that exist). A wall time that occurs twice (fall back)
   fires once, at its first occurrence, when the rule names specific hours; a
   wildcard-hour rule fires in both passes because both are real time. This is ISC
-  cron's rule, and it makes a fixed-time daily job run exactly once per local day.
+  cron's rule for fixed-time jobs, and it makes a fixed-time daily job run exactly
+  once per local day. "Wildcard hour" means the hour field is exactly ``*``: ``*/2``
+  or ``0-23`` name hours (ISC cron and cronsim instead treat a rule whose minute or
+  hour field starts with ``*`` as wildcard, and skip or repeat its times).
 - Naive datetimes given to a rule (``run_at``, ``start``, ``end``) are read in the
   rule's zone.
 
