@@ -228,7 +228,8 @@ BOUNDS = {"second": (0, 59), "minute": (0, 59), "hour": (0, 23), "day": (1, 31),
 MONTH_NAMES = list(MONTHS)
 WEEKDAY_NAMES = list(WEEKDAYS)
 INPUT_CLASSES = [
-    "*", "n", "a-b", "a-a", "*/n", "a-b/n", "a/n", "a/n from the maximum", "list", "month name",
+    "*", "n", "a-b", "a-a", "*/n", "a-b/n", "a/n", "a/n from the maximum", "step past the end", "list",
+    "* in a list", "month name",
     "weekday name", "name in a range", "sunday as 0", "sunday as 7", "L", "n#k", "nL", "5 fields",
     "6 fields", "day OR weekday", "day AND weekday", "never fires",
 ]  # fmt: skip
@@ -284,7 +285,10 @@ class ExpressionGenerator:
             a = rng.randint(low, high)
             return f"{self.value(name, a)}-{self.value(name, a)}"
         if kind == "*/n":
-            return f"*/{rng.randint(1, high)}"
+            step = rng.randint(1, high + 5)
+            if step > high - low:
+                self.produced["step past the end"] += 1
+            return f"*/{step}"
         if kind == "a/n":
             a = high if rng.random() < 0.2 else rng.randint(low, high)
             if a == high:
@@ -300,7 +304,10 @@ class ExpressionGenerator:
     def field(self, name: str) -> str:
         if self.rng.random() < 0.2:
             self.produced["list"] += 1
-            return ",".join(self.item(name) for _ in range(self.rng.randint(2, 3)))
+            items = [self.item(name) for _ in range(self.rng.randint(2, 3))]
+            if "*" in items:
+                self.produced["* in a list"] += 1
+            return ",".join(items)
         return self.item(name)
 
     def expression(self) -> str:
