@@ -230,9 +230,9 @@ class _Field:
             self._read_item(item)
 
     def _read_item(self, item: str) -> None:
-        upper = item.upper()
         if not item:
             raise self._invalid(self.text, "a list item is empty")
+        upper = item.upper()
         if self.name == "day" and upper == "L":
             self.last_day = True
         elif self.name == "day_of_week" and "#" in item:
@@ -276,7 +276,7 @@ class _Field:
             elif text.upper().endswith("W"):
                 reason = "'W' (nearest weekday) is not supported"
             elif text.upper() == "L":
-                reason = "'L' stands alone in the day field (the last day of the month)"
+                reason = "'L' (the last day of the month) may only stand alone in the day field"
             elif not text:
                 reason = "a number is missing"
             else:
