@@ -118,8 +118,10 @@ def instants(wall: datetime, zone: tzinfo, wildcard_hour: bool) -> list[datetime
     return [first]
 
 
-def near_transition(moment: datetime, zone: tzinfo) -> bool:
-    return zone.utcoffset(moment - timedelta(days=1)) != zone.utcoffset(moment + timedelta(days=1))
+def near_transition(moment: datetime, zone: tzinfo, within: timedelta = timedelta(days=1)) -> bool:
+    """Whether the zone's offset changes within ``within`` of ``moment`` (transitions
+    are months apart, so comparing the offsets at both ends finds one)."""
+    return (moment - within).astimezone(zone).utcoffset() != (moment + within).astimezone(zone).utcoffset()
 
 
 def reference_fires(expression: str, zone: tzinfo, after: datetime, count: int) -> list[datetime]:
@@ -198,7 +200,7 @@ def cronsim_fires(expression: str, zone: tzinfo, after: datetime, until: datetim
 
 @cache
 def transitions(zone: tzinfo) -> tuple[datetime, ...]:
-    """The zone's offset changes from 2019 to 2033 (instants, to the second)."""
+    """The zone's offset changes from 2019 to 2033 (instants, to the second): start points."""
     found = []
     moment = datetime(2019, 1, 1, tzinfo=UTC)
     while moment.year < 2033:
@@ -217,8 +219,7 @@ def transitions(zone: tzinfo) -> tuple[datetime, ...]:
 
 
 def outside_transitions(moments: list[datetime], zone: tzinfo) -> list[datetime]:
-    window = timedelta(hours=25)
-    return [m for m in moments if all(abs(m - t) > window for t in transitions(zone))]
+    return [m for m in moments if not near_transition(m, zone, timedelta(hours=25))]
 
 
 # -- the generator ---------------------------------------------------------------------------
