@@ -15,25 +15,31 @@ Time zones and DST (the semantics users trip on):
   simply runs at the times that exist). A wall time that occurs twice (fall back)
   fires once, at its first occurrence, when the rule names specific hours; a
   wildcard-hour rule fires in both passes because both are real time. This is ISC
-  cron's rule, and it makes a fixed-time daily job run exactly once per local day.
+  cron's rule for fixed-time jobs, and it makes a fixed-time daily job run exactly
+  once per local day. "Wildcard hour" means the hour field is exactly ``*``: ``*/2``
+  or ``0-23`` name hours (ISC cron and cronsim instead treat a rule whose minute or
+  hour field starts with ``*`` as wildcard, and skip or repeat its times).
 - Naive datetimes given to a rule (``run_at``, ``start``, ``end``) are read in the
   rule's zone.
+
+Cron expressions are parsed by our own strict parser in `task_scheduler.cron` (syntax
+there), not by croniter: croniter 7's ``expand`` reads a single-value range such as
+``9-9`` as ``*`` and gets steps in the day of week and wrap-around ranges wrong, and
+every rule inherited that.
 """
 
 from __future__ import annotations
 
-import calendar
 import copy
 import os
 import zlib
-from bisect import bisect_left
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import Enum
 from functools import lru_cache
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from task_scheduler.cron import fields_from_keywords, parse_cron, split_expression
 from task_scheduler.errors import ScheduleError
 
 __all__ = [
@@ -372,153 +378,6 @@ class OnceRule(ScheduleRule):
 
 # -- cron ---------------------------------------------------------------------------
 
-_CRON_FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
-_FIELD_RANGES = {
-    "second": "0-59",
-    "minute": "0-59",
-    "hour": "0-23",
-    "day": "1-31 or L",
-    "month": "1-12 or jan-dec",
-    "day_of_week": "0-7 or sun-sat (0 and 7 are Sunday)",
-}
-_ALIASES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-# A valid rule must match at least once in this many years (Feb 29 on a given
-# weekday can take 28 years); beyond that the expression can never fire.
-_SEARCH_YEARS = 29
-
-
-@dataclass(frozen=True)
-class _CronSpec:
-    """The expanded value sets of one expression, shared by every rule that uses it."""
-
-    seconds: tuple[int, ...]
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    last_day: bool
-    months: frozenset[int]
-    weekdays: frozenset[int]  # cron numbering: Sunday is 0
-    nth_weekday: dict[int, frozenset[int]]
-    day_star: bool
-    weekday_star: bool
-    hour_wildcard: bool
-
-    def day_matches(self, day: date) -> bool:
-        day_hit = day.day in self.days or (self.last_day and day.day == calendar.monthrange(day.year, day.month)[1])
-        weekday = (day.weekday() + 1) % 7
-        weekday_hit = weekday in self.weekdays and (
-            weekday not in self.nth_weekday or (day.day - 1) // 7 + 1 in self.nth_weekday[weekday]
-        )
-        # Vixie cron: if either field starts with '*', both must match; otherwise either.
-        if self.day_star or self.weekday_star:
-            return day_hit and weekday_hit
-        return day_hit or weekday_hit
-
-    def next_match(self, moment: datetime) -> datetime | None:
-        """The first naive wall time >= ``moment`` (whole seconds) matching every field."""
-        moment = moment.replace(fold=0)
-        limit_year = moment.year + _SEARCH_YEARS
-        while moment.year <= limit_year:
-            if moment.month not in self.months:
-                year, month = moment.year, moment.month + 1
-                while month not in self.months:
-                    month += 1
-                    if month > 12:
-                        year, month = year + 1, 1
-                        if year > limit_year:
-                            return None
-                if month > 12:
-                    year, month = year + 1, min(self.months)
-                moment = datetime(year, month, 1)
-                continue
-            if not self.day_matches(moment.date()):
-                moment = datetime(moment.year, moment.month, moment.day) + timedelta(days=1)
-                continue
-            hour = _next_value(self.hours, moment.hour)
-            if hour is None:
-                moment = datetime(moment.year, moment.month, moment.day) + timedelta(days=1)
-                continue
-            if hour != moment.hour:
-                moment = moment.replace(hour=hour, minute=0, second=0)
-            minute = _next_value(self.minutes, moment.minute)
-            if minute is None:
-                moment = moment.replace(minute=0, second=0) + timedelta(hours=1)
-                continue
-            if minute != moment.minute:
-                moment = moment.replace(minute=minute, second=0)
-            second = _next_value(self.seconds, moment.second)
-            if second is None:
-                moment = moment.replace(second=0) + timedelta(minutes=1)
-                continue
-            return moment.replace(second=second)
-        return None
-
-
-def _next_value(values: tuple[int, ...], current: int) -> int | None:
-    index = bisect_left(values, current)
-    return values[index] if index < len(values) else None
-
-
-def _expand_field(field: str, text: str, expression: str) -> list[Any]:
-    """Expand one field through croniter, raising an error that names the field."""
-    probe = ["0", "0", "0", "1", "1", "*"]
-    position = _CRON_FIELDS.index(field)
-    probe[position] = text
-    from croniter import croniter  # imported on first use: it costs 18 ms at start-up
-
-    # croniter wants seconds last unless told otherwise; we always pass six fields.
-    try:
-        expanded, nth = croniter.expand(" ".join(probe), second_at_beginning=True)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ScheduleError(
-            f"cron field '{field}' has invalid value {text!r} in {expression!r} (allowed: {_FIELD_RANGES[field]})"
-        ) from exc
-    # croniter returns [minute, hour, day, month, day_of_week, second]
-    order = {"minute": 0, "hour": 1, "day": 2, "month": 3, "day_of_week": 4, "second": 5}
-    values = list(expanded[order[field]])
-    if field == "day_of_week":
-        values.append(nth)
-    return values
-
-
-@lru_cache(maxsize=4096)
-def _parse_cron(fields: tuple[str, ...], expression: str) -> _CronSpec:
-    _, _, hour, day, month, day_of_week = fields
-    expanded = {name: _expand_field(name, text, expression) for name, text in zip(_CRON_FIELDS, fields, strict=True)}
-
-    def numbers(name: str, full: range) -> tuple[int, ...]:
-        values = expanded[name]
-        if values == ["*"]:
-            return tuple(full)
-        return tuple(sorted({int(v) for v in values if isinstance(v, int)}))
-
-    nth_raw = expanded["day_of_week"].pop()
-    day_values = expanded["day"]
-    spec = _CronSpec(
-        seconds=numbers("second", range(60)),
-        minutes=numbers("minute", range(60)),
-        hours=numbers("hour", range(24)),
-        days=frozenset(range(1, 32)) if day_values == ["*"] else frozenset(v for v in day_values if isinstance(v, int)),
-        last_day="l" in day_values,
-        months=frozenset(numbers("month", range(1, 13))),
-        weekdays=frozenset(v % 7 for v in numbers("day_of_week", range(7))),
-        nth_weekday={int(k) % 7: frozenset(int(n) for n in v) for k, v in nth_raw.items()},
-        day_star=day.startswith("*"),
-        weekday_star=day_of_week.startswith("*"),
-        hour_wildcard=hour == "*",
-    )
-    if spec.next_match(datetime(2000, 1, 1)) is None:
-        raise ScheduleError(f"cron expression {expression!r} never fires (day {day!r} never occurs in month {month!r})")
-    return spec
-
 
 class CronRule(ScheduleRule):
     """Fires when local wall-clock time matches a cron expression.
@@ -530,8 +389,9 @@ class CronRule(ScheduleRule):
     given default to their minimum, the rest to ``*`` (so ``hour=2`` means 02:00:00).
     Day of week counts Sunday as 0 and as 7. When both day and day_of_week are
     restricted a day matching either fires (Vixie cron); a field starting with ``*``
-    (like ``*/2``) counts as unrestricted for that choice.
-    See the module docstring for DST.
+    (like ``*/2``) counts as unrestricted for that choice. Ranges must go upward
+    (``22-23,0-2``, not ``22-2``). The full syntax is in `task_scheduler.cron`, DST
+    in the module docstring.
     """
 
     __slots__ = ("_spec", "expression", "fields")
@@ -569,14 +429,14 @@ class CronRule(ScheduleRule):
             if not isinstance(cron, str):
                 raise ScheduleError(f"cron expression must be a string, got {cron!r}")
             self.expression = " ".join(cron.split())
-            fields = _split_expression(self.expression)
+            fields = split_expression(self.expression)
         elif given:
-            fields = _fields_from_keywords(given)
+            fields = fields_from_keywords(given)
             self.expression = " ".join(fields)
         else:
             raise ScheduleError("cron: an expression or at least one field is required")
         self.fields = fields
-        self._spec = _parse_cron(fields, self.expression)
+        self._spec = parse_cron(fields, self.expression)
         arguments = {"cron": self.expression, "start": start, "end": end, "jitter": jitter}
         self._init_common(timezone, start, end, jitter, arguments)
 
@@ -644,33 +504,6 @@ class CronRule(ScheduleRule):
 
     def to_dict(self) -> dict[str, Any]:
         return {"cron": self.expression, **self._common_dict()}
-
-
-def _split_expression(expression: str) -> tuple[str, ...]:
-    expression = _ALIASES.get(expression.lower(), expression)
-    parts = expression.split()
-    if len(parts) == 5:
-        return ("0", *parts)
-    if len(parts) == 6:
-        return tuple(parts)
-    raise ScheduleError(
-        f"cron expression {expression!r} has {len(parts)} fields; expected 5 "
-        "(minute hour day month day_of_week) or 6 (second first)"
-    )
-
-
-def _fields_from_keywords(given: dict[str, int | str]) -> tuple[str, ...]:
-    significance = ["month", "day", "hour", "minute", "second"]  # day_of_week ranks as day
-    least = max(significance.index("day" if name == "day_of_week" else name) for name in given)
-    fields = []
-    for name in _CRON_FIELDS:
-        if name in given:
-            fields.append(str(given[name]).strip())
-        elif name in ("second", "minute", "hour") and significance.index(name) > least:
-            fields.append("0")
-        else:
-            fields.append("*")
-    return tuple(fields)
 
 
 def _transition(before: datetime, after: datetime, zone: tzinfo) -> datetime:

@@ -1,8 +1,7 @@
-"""Schedule rules: exact next-fire math, checked against a brute-force reference."""
+"""Schedule rules: exact next-fire math, DST windows checked against the brute-force reference."""
 
 from __future__ import annotations
 
-import calendar
 import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -10,9 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from task_scheduler import CronRule, IntervalRule, OnceRule, ScheduleError, ScheduleRule, ScheduleType
+from tests.test_cron_reference import reference_fires
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
 
 
 def utc(*args: int) -> datetime:
@@ -37,66 +38,16 @@ def fires_until(rule: ScheduleRule, start: datetime, end: datetime) -> list[date
         result.append(moment)
 
 
-# -- an independent reference: parse fields by hand and walk every minute -------------
-
-_NAMES = {
-    **{name.lower(): i for i, name in enumerate(calendar.month_abbr) if name},
-    **{name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
-}
+# -- the reference of tests/test_cron_reference.py over fixed DST windows -------------
 
 
-def _field(text: str, low: int, high: int) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        body, _, step = part.partition("/")
-        if body == "*":
-            first, last = low, high
-        elif "-" in body:
-            a, b = body.split("-")
-            first, last = int(_NAMES.get(a, a)), int(_NAMES.get(b, b))
-        else:
-            first = int(_NAMES.get(body, body))
-            last = high if step else first
-        values.update(range(first, last + 1, int(step or 1)))
-    return values
-
-
-def reference_fires(expression: str, zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
-    minute, hour, day, month, weekday = expression.split()
-    sets = (_field(minute, 0, 59), _field(hour, 0, 23), _field(day, 1, 31), _field(month, 1, 12))
-    weekdays = {w % 7 for w in _field(weekday, 0, 7)}
-    star = day.startswith("*") or weekday.startswith("*")
-
-    def matches(wall: datetime) -> bool:
-        day_hit = wall.day in sets[2]
-        weekday_hit = (wall.weekday() + 1) % 7 in weekdays
-        return (
-            wall.minute in sets[0]
-            and wall.hour in sets[1]
-            and wall.month in sets[3]
-            and ((day_hit and weekday_hit) if star else (day_hit or weekday_hit))
-        )
-
-    result: list[datetime] = []
-    moment = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    previous_wall = (moment - timedelta(minutes=1)).astimezone(zone).replace(tzinfo=None)
-    while moment <= end:
-        local = moment.astimezone(zone)
-        wall = local.replace(tzinfo=None)
-        fire = False
-        repeated = local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset()
-        if matches(wall) and (hour == "*" or not (repeated and local.fold == 1)):
-            fire = True
-        if hour != "*" and wall - previous_wall > timedelta(minutes=1):  # a DST gap was skipped
-            skipped = previous_wall + timedelta(minutes=1)
-            while skipped < wall:
-                fire = fire or matches(skipped)
-                skipped += timedelta(minutes=1)
-        if fire:
-            result.append(moment)
-        previous_wall = wall
-        moment += timedelta(minutes=1)
-    return result
+def reference_until(expression: str, zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    count = 64
+    while True:
+        fires = reference_fires(expression, zone, start, count)
+        if len(fires) < count or fires[-1] > end:
+            return [fire for fire in fires if fire <= end]
+        count *= 4
 
 
 REFERENCE_EXPRESSIONS = [
@@ -113,6 +64,12 @@ REFERENCE_EXPRESSIONS = [
     "0 0 29 2 *",
     "59 23 28-31 * *",
     "0 0 */2 * *",
+    "0 2-2 * * *",
+    "*/20 2 * * *",
+    "0,30 1-2 * * *",
+    "45 1 * * *",
+    "15 2 * * *",
+    "30 2 * * * *",
 ]
 REFERENCE_WINDOWS = [
     (BERLIN, utc(2024, 3, 28), utc(2024, 4, 2)),  # spring forward 2024-03-31 02:00 -> 03:00
@@ -120,6 +77,9 @@ REFERENCE_WINDOWS = [
     (NEW_YORK, utc(2024, 3, 8), utc(2024, 3, 12)),  # spring forward 2024-03-10
     (NEW_YORK, utc(2024, 11, 1), utc(2024, 11, 5)),  # fall back 2024-11-03
     (ZoneInfo("UTC"), utc(2024, 2, 26), utc(2024, 3, 3)),  # leap day and a month end
+    (LORD_HOWE, utc(2024, 10, 4), utc(2024, 10, 8)),  # spring forward 2024-10-06 02:00 -> 02:30
+    (LORD_HOWE, utc(2024, 4, 5), utc(2024, 4, 9)),  # fall back 2024-04-07 02:00 -> 01:30
+    (ZoneInfo("Asia/Kolkata"), utc(2024, 2, 27), utc(2024, 3, 2)),  # +05:30, no DST
 ]
 
 
@@ -127,7 +87,7 @@ REFERENCE_WINDOWS = [
 def test_cron_matches_brute_force_reference(expression: str) -> None:
     for zone, start, end in REFERENCE_WINDOWS:
         rule = CronRule(cron=expression, timezone=zone)
-        assert fires_until(rule, start, end) == reference_fires(expression, zone, start, end), (expression, zone)
+        assert fires_until(rule, start, end) == reference_until(expression, zone, start, end), (expression, zone)
 
 
 # -- fixed dates --------------------------------------------------------------------
@@ -226,6 +186,60 @@ def test_wildcard_hour_job_skips_the_missing_hour() -> None:
     rule = CronRule(cron="0 * * * *", timezone=BERLIN)
     moments = fires_until(rule, utc(2024, 3, 30, 23, 30), utc(2024, 3, 31, 2, 30))
     assert [t.astimezone(BERLIN).strftime("%H:%M") for t in moments] == ["01:00", "03:00", "04:00"]
+
+
+def local(moments: list[datetime], zone: ZoneInfo) -> list[str]:
+    return [t.astimezone(zone).strftime("%m-%d %H:%M %z") for t in moments]
+
+
+def test_lord_howe_half_hour_shift_follows_the_same_rules() -> None:
+    # spring forward 2024-10-06 02:00 -> 02:30 (+10:30 -> +11); fall back 2024-04-07 02:00 -> 01:30
+    in_gap = CronRule(cron="15 2 * * *", timezone=LORD_HOWE)
+    assert local(fires(in_gap, utc(2024, 10, 4, 12), 3), LORD_HOWE) == [
+        "10-05 02:15 +1030",
+        "10-06 02:30 +1100",  # 02:15 does not exist: right after the gap
+        "10-07 02:15 +1100",
+    ]
+    after_gap = CronRule(cron="45 2 * * *", timezone=LORD_HOWE)
+    assert local(fires(after_gap, utc(2024, 10, 4, 12), 2), LORD_HOWE) == ["10-05 02:45 +1030", "10-06 02:45 +1100"]
+    repeated = CronRule(cron="45 1 * * *", timezone=LORD_HOWE)
+    assert local(fires(repeated, utc(2024, 4, 5, 12), 3), LORD_HOWE) == [
+        "04-06 01:45 +1100",
+        "04-07 01:45 +1100",  # once, in the first pass
+        "04-08 01:45 +1030",
+    ]
+    wildcard = CronRule(cron="*/30 * * * *", timezone=LORD_HOWE)
+    assert local(fires_until(wildcard, utc(2024, 4, 6, 14), utc(2024, 4, 6, 16)), LORD_HOWE) == [
+        "04-07 01:30 +1100",
+        "04-07 01:30 +1030",  # both passes
+        "04-07 02:00 +1030",
+        "04-07 02:30 +1030",
+    ]
+    assert local(fires_until(wildcard, utc(2024, 10, 5, 14), utc(2024, 10, 5, 16)), LORD_HOWE) == [
+        "10-06 01:00 +1030",
+        "10-06 01:30 +1030",
+        "10-06 02:30 +1100",  # 02:00 does not exist: skipped
+        "10-06 03:00 +1100",
+    ]
+
+
+def test_stepped_hours_name_hours_for_dst() -> None:
+    """Only an hour field of exactly ``*`` is a wildcard: ``*/2`` names hours, so its
+    missing 02:00 fires after the gap and its repeated 02:00 once (Debian cron and
+    cronsim would skip the first and repeat the second)."""
+    rule = CronRule(cron="0 */2 * * *", timezone=BERLIN)
+    assert local(fires_until(rule, utc(2024, 3, 30, 22), utc(2024, 3, 31, 3)), BERLIN) == [
+        "03-31 00:00 +0100",
+        "03-31 03:00 +0200",
+        "03-31 04:00 +0200",
+    ]
+    assert local(fires_until(rule, utc(2024, 10, 26, 21), utc(2024, 10, 27, 4)), BERLIN) == [
+        "10-27 00:00 +0200",
+        "10-27 02:00 +0200",
+        "10-27 04:00 +0100",
+    ]
+    six_fields = CronRule(cron="0 30 2 * * *", timezone=BERLIN)  # seconds first; same rule
+    assert local(fires(six_fields, utc(2024, 3, 30, 12), 2), BERLIN) == ["03-31 03:00 +0200", "04-01 02:30 +0200"]
 
 
 def test_one_fire_per_local_day_across_a_dst_year() -> None:
@@ -355,5 +369,5 @@ def test_fixed_time_seen_from_inside_the_second_pass_waits_for_the_next_day() ->
     for start in (utc(2024, 10, 26, 23, 59), utc(2024, 10, 27, 0, 45), utc(2024, 10, 27, 1, 15)):
         for window_zone, window_start, window_end in [(BERLIN, start, utc(2024, 10, 28, 3))]:
             assert fires_until(CronRule(cron="*/15 2 * * *", timezone=window_zone), window_start, window_end) == (
-                reference_fires("*/15 2 * * *", window_zone, window_start, window_end)
+                reference_until("*/15 2 * * *", window_zone, window_start, window_end)
             )
