@@ -46,8 +46,21 @@ from task_scheduler.validation import check
 
 if TYPE_CHECKING:
     from task_scheduler.config import SchedulerConfig
+    from task_scheduler.stores import Store
+    from task_scheduler.stores.base import TaskState
 
-__all__ = ["JOB_TYPES", "SPEC_VERSION", "HandlerTask", "JobSpec", "UnresolvedTask", "resolve_reference", "spec_of"]
+__all__ = [
+    "JOB_TYPES",
+    "SPEC_VERSION",
+    "HandlerTask",
+    "JobSpec",
+    "UnresolvedTask",
+    "load_specs",
+    "resolve_reference",
+    "spec_of",
+    "store_jobs",
+    "unstore_job",
+]
 
 SPEC_VERSION = 1
 # Each type and the field that names what runs (used to infer a missing type).
@@ -416,3 +429,58 @@ def load_specs(path: Path) -> list[dict[str, Any]]:
     check(all(isinstance(item, dict) for item in items), "expected a job object or a list of them",
           source=str(path), key="jobs")  # fmt: skip
     return items
+
+
+# -- persistent jobs written by another process than the scheduler's (the CLI) --------
+
+
+def store_jobs(
+    store: Store,
+    config: SchedulerConfig,
+    items: list[dict[str, Any]],
+    *,
+    replace: bool = False,
+    source: str | None = None,
+) -> dict[str, TaskState]:
+    """Add persistent jobs to ``store`` (``replace``: change existing ones), as
+    ``task-scheduler add`` does; a running scheduler picks them up within its
+    ``check_interval``. Every job is built first (its code imported, its script
+    checked), so nothing is stored unless all are valid. A config or code task of the
+    same id is refused: its definition lives elsewhere."""
+    from datetime import UTC, datetime
+
+    from task_scheduler.registry import register
+    from task_scheduler.schedules import resolve_timezone
+    from task_scheduler.stores.base import Origin
+
+    zone, now = resolve_timezone(config.scheduler.timezone), datetime.now(UTC)
+    existing = store.task_states()
+    definitions = []
+    for index, data in enumerate(items):
+        where = f"jobs{JobSpec.item_key(index, data)}" if source else f"job {data.get('id')!r}"
+        spec = JobSpec.from_dict(data, where, source)
+        state = existing.get(spec.id)
+        if state is not None and state.origin is not Origin.PERSISTENT:
+            raise TaskError(f"task {spec.id!r} is defined by {state.origin.value}; change it there")
+        if state is not None and not replace:
+            raise TaskError(f"persistent job {spec.id!r} exists already (replace it with --replace)")
+        task, rule = spec.build(config, where, source)
+        definitions.append(register(task, rule, config, zone, now, Origin.PERSISTENT, spec.to_dict()).definition)
+    ids = [d.task_id for d in definitions]
+    if len(set(ids)) != len(ids):
+        raise TaskError(f"job id {next(i for i in ids if ids.count(i) > 1)!r} is given twice")
+    return store.sync_tasks(definitions)
+
+
+def unstore_job(store: Store, task_id: str) -> None:
+    """Remove a persistent job from ``store`` (its history is kept); a running
+    scheduler drops it within its ``check_interval``."""
+    from task_scheduler.errors import TaskNotFoundError
+    from task_scheduler.stores.base import Origin
+
+    state = store.task_states().get(task_id)
+    if state is None:
+        raise TaskNotFoundError(task_id)
+    if state.origin is not Origin.PERSISTENT:
+        raise TaskError(f"task {task_id!r} is defined by {state.origin.value}, not stored as a job: remove it there")
+    store.remove_tasks([task_id])

@@ -1,15 +1,26 @@
-"""Status and statistics for people and dashboards: what `TaskScheduler.get_task_status`
-returns, built from the store's counters and the runs in progress."""
+"""Status and statistics for people and dashboards.
+
+Two views, one source: `task_status`/`totals` build what
+`TaskScheduler.get_task_status` returns inside the service; `overview`,
+`service_status`, `task_detail`, `run_detail` and `runs` read a store from any
+process and are what the CLI prints and the HTTP API and dashboard serve, so they
+can never disagree. Everything returned is JSON data (times ISO 8601 in UTC).
+"""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Mapping
-from datetime import datetime, tzinfo
-from typing import Any
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING, Any
 
-from task_scheduler.stores.base import RunRecord, TaskState
+from task_scheduler.errors import TaskNotFoundError
+from task_scheduler.stores.base import NodeInfo, RunRecord, RunState, TaskState
 
-__all__ = ["process_stats", "task_status", "totals"]
+if TYPE_CHECKING:
+    from task_scheduler.stores import Store
+
+__all__ = ["overview", "process_stats", "run_detail", "runs", "service_status", "task_detail", "task_status", "totals"]
 
 
 def task_status(
@@ -83,3 +94,95 @@ def group_running(
 
 def _local(moment: datetime | None, zone: tzinfo) -> str | None:
     return moment.astimezone(zone).isoformat() if moment else None
+
+
+# -- the store's view, from any process (CLI, HTTP API, dashboard) -----------------------
+
+
+def overview(store: Store) -> list[dict[str, Any]]:
+    """Every scheduled task: its state and counters (`TaskState.to_dict`), whether a
+    run is in progress, ``status`` (running, paused, finished, scheduled) and
+    ``success_rate`` (percent of completed runs), sorted by task id."""
+    states = store.task_states()
+    running = {r.task_id for r in store.active_runs() if r.state is RunState.RUNNING}
+    return [_task_summary(state, state.task_id in running) for state in sorted(states.values(), key=_by_id)]
+
+
+def task_detail(store: Store, task_id: str, recent: int = 5) -> dict[str, Any]:
+    """One task: its summary, its stored definition (``spec``; None for a task
+    defined in code), runs in progress and the ``recent`` last finished runs."""
+    state = store.task_states().get(task_id)
+    if state is None:
+        raise TaskNotFoundError(task_id)
+    active = [r for r in store.active_runs() if r.task_id == task_id]
+    detail = _task_summary(state, any(r.state is RunState.RUNNING for r in active))
+    detail["spec"] = store.job_specs().get(task_id)
+    detail["active_runs"] = [r.to_dict() for r in active]
+    detail["recent_runs"] = [r.to_dict() for r in store.history(task_id, limit=recent)]
+    return detail
+
+
+def runs(
+    store: Store, task_id: str | None = None, state: RunState | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Finished runs, newest first; TaskNotFoundError for a task never seen."""
+    if task_id and task_id not in store.task_states() and not store.history(task_id, limit=1):
+        raise TaskNotFoundError(task_id)
+    return [r.to_dict() for r in store.history(task_id, state, max(1, limit))]
+
+
+def run_detail(store: Store, run_id: str) -> dict[str, Any] | None:
+    """One run by its id or a unique part of it (6+ characters), output included."""
+    record = store.run(run_id)
+    return None if record is None else record.to_dict()
+
+
+def service_status(store: Store, lease_seconds: float, now: datetime | None = None) -> dict[str, Any]:
+    """The nodes using the store (alive when their heartbeat is recent and, on this
+    host, their process exists), with their runs in progress and clock skew."""
+    now = now or datetime.now(UTC)
+    nodes = store.nodes()
+    active = store.active_runs()
+    running = [r for r in active if r.state is RunState.RUNNING]
+    reports = [
+        {
+            **node.to_dict(),
+            "alive": node_alive(node, now, lease_seconds),
+            "uptime_seconds": round((now - node.started_at).total_seconds(), 1),
+            "running_runs": sum(1 for r in running if r.node == node.node_id),
+        }
+        for node in nodes
+    ]
+    return {
+        "alive": any(report["alive"] for report in reports),
+        "store": store.location,
+        "nodes": reports,
+        "running_runs": len(running),
+        "queued_runs": len(active) - len(running),
+    }
+
+
+def node_alive(node: NodeInfo, now: datetime, lease_seconds: float) -> bool:
+    """Heartbeats come every lease/3 seconds; a node silent for a whole lease is gone."""
+    if (now - node.heartbeat_at).total_seconds() > lease_seconds:
+        return False
+    if node.host != socket.gethostname():
+        return True
+    import psutil
+
+    return bool(psutil.pid_exists(node.pid))
+
+
+def _task_summary(state: TaskState, running: bool) -> dict[str, Any]:
+    completed = state.run_count
+    status = "running" if running else "paused" if state.paused else "finished" if state.finished else "scheduled"
+    return {
+        **state.to_dict(),
+        "status": status,
+        "running": running,
+        "success_rate": round(100.0 * state.success_count / completed, 2) if completed else None,
+    }
+
+
+def _by_id(state: TaskState) -> str:
+    return state.task_id

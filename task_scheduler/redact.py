@@ -10,9 +10,10 @@ errors, and in task status; so is the password of a URL (``scheme://user:pw@host
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["MASK", "is_secret", "redact_args", "redact_text"]
+__all__ = ["MASK", "is_secret", "mask_values", "redact_args", "redact_data", "redact_text"]
 
 MASK = "***"
 _WORDS = r"(?:pass(?:word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key)"
@@ -53,3 +54,22 @@ def redact_args(args: Sequence[str]) -> list[str]:
         else:
             result.append(redact_text(arg))
     return result
+
+
+def redact_data(data: Any) -> Any:
+    """A copy of JSON-like ``data`` with the values of secret-looking keys masked, at
+    any depth (a job's ``env``, ``kwargs``, ``params``)."""
+    if isinstance(data, dict):
+        return {key: MASK if is_secret(str(key)) and value else redact_data(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [redact_data(item) for item in data]
+    return data
+
+
+def mask_values(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret value replaced by the mask, as CI
+    systems mask secrets in job logs. Values shorter than 4 characters are left
+    alone (masking every "1" would hide the output, not the secret)."""
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text

@@ -73,7 +73,7 @@ def test_cli_against_a_live_service(base_dir: Path) -> None:
         listing = {row["task_id"]: row for row in service.cli_json("list")}
         assert set(listing) == {"fast", "say"} and listing["say"]["schedule"] == "cron '0 0 1 1 *' (UTC)"
         text = service.cli("list").stdout
-        assert text.splitlines()[0].split() == ["ID", "SCHEDULE", "NEXT", "RUN", "LAST", "RESULT", "PAUSED"]
+        assert text.splitlines()[0].split() == ["ID", "ORIGIN", "SCHEDULE", "NEXT", "RUN", "LAST", "RESULT"]
 
         # trigger: the yearly job runs within check_interval, output visible in show
         assert service.cli("trigger", "say").returncode == 0
