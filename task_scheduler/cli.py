@@ -217,8 +217,11 @@ def _run(options: argparse.Namespace) -> int:
     ]
     if stuck:
         # Python threads cannot be killed: a function that ignores its cancel event
-        # would keep the process alive forever. Say so, then leave anyway.
-        logging.getLogger(__name__).warning("exiting with %d task thread(s) still running: %s", len(stuck), stuck)
+        # would keep the process alive forever. Say so, then leave anyway; the last
+        # line of the log still says that the scheduler stopped.
+        logging.getLogger(__name__).warning(
+            "scheduler stopped; exiting with %d task thread(s) still running: %s", len(stuck), stuck
+        )
         logging.shutdown()
         os._exit(code)
     return code
@@ -353,7 +356,7 @@ def _show(options: argparse.Namespace) -> int:
         return EXIT_OK
     assert detail is not None
     if detail["spec"] is not None:
-        detail["spec"] = redact_data(detail["spec"])
+        detail["spec"] = redact_data(detail["spec"], config.tasks.secret_env)
     if _wants_json(options):
         _print_json(detail)
         return EXIT_OK

@@ -89,6 +89,9 @@ class TasksConfig:
     allowed_script_dirs: list[str] | None = field(default_factory=lambda: ["scripts"])  # None: any
     output_limit: int = 64 * 1024
     kill_grace: float = 5.0
+    # Environment variables whose values are masked in stored script output, besides
+    # the names that look secret (password, token, api_key, ...; see redact.py).
+    secret_env: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -204,7 +204,7 @@ class JobSpec:
                     **{**options, "timeout": _first(self.timeout, config.tasks.default_timeout)},
                 )  # fmt: skip
                 assert isinstance(task, ScriptTask)
-                task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs)
+                task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs, config.tasks.secret_env)
             elif kind == "function":
                 func = resolve_reference(self.function or "", config, f"{where}.function", source)
                 task = FunctionTask(self.id, self.name, func, args=self.args, kwargs=self.kwargs, **options)

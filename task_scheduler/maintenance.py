@@ -63,6 +63,7 @@ class Maintenance:
         self._next_prune = 0.0
         self._pruner: threading.Thread | None = None
         self._last_step: tuple[datetime, float] | None = None
+        self._stopping = False
 
     def recover(self, now: datetime) -> None:
         """The first step: reconcile the store with this process. Runs of dead
@@ -115,7 +116,6 @@ class Maintenance:
 
     def step(self, now: datetime) -> None:
         """Renew leases and reap, prune; each when its period has passed."""
-        self._notice_clock_jump(now)
         monotonic = self.clock.monotonic()
         if monotonic >= self._next_heartbeat:
             self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
@@ -136,11 +136,13 @@ class Maintenance:
             self._pruner.start()
 
     def join(self, timeout: float = 30) -> None:
-        """Wait for a prune in progress (before the store closes)."""
+        """Wait for a prune in progress (before the store closes); one that outlives
+        the wait ends quietly when the store closes under it."""
+        self._stopping = True
         if self._pruner is not None:
             self._pruner.join(timeout=timeout)
 
-    def _notice_clock_jump(self, now: datetime) -> None:
+    def notice_clock_jump(self, now: datetime) -> None:
         """Log when the wall clock moved differently from the monotonic clock between
         two steps (NTP step, manual change, suspend). Due times follow the wall clock:
         after a forward jump the skipped occurrences follow the misfire rules; after a
@@ -159,7 +161,7 @@ class Maintenance:
         try:
             pruned = self.store.prune(older_than, keep_per_task)
         except TaskSchedulerError as exc:  # the store was closed by stop(), or is broken
-            logger.warning("pruning the history failed: %s", exc)
+            (logger.debug if self._stopping else logger.warning)("pruning the history failed: %s", exc)
             return
         if pruned:
             logger.info("pruned %d old run record(s) from the history", pruned)

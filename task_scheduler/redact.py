@@ -56,13 +56,18 @@ def redact_args(args: Sequence[str]) -> list[str]:
     return result
 
 
-def redact_data(data: Any) -> Any:
-    """A copy of JSON-like ``data`` with the values of secret-looking keys masked, at
-    any depth (a job's ``env``, ``kwargs``, ``params``)."""
+def redact_data(data: Any, secret_names: Iterable[str] = ()) -> Any:
+    """A copy of JSON-like ``data`` with the values of secret-looking keys (and of
+    the keys in ``secret_names``) masked, at any depth (a job's ``env``, ``kwargs``,
+    ``params``)."""
+    names = set(secret_names)
     if isinstance(data, dict):
-        return {key: MASK if is_secret(str(key)) and value else redact_data(value) for key, value in data.items()}
+        return {
+            key: MASK if value and (key in names or is_secret(str(key))) else redact_data(value, names)
+            for key, value in data.items()
+        }
     if isinstance(data, list):
-        return [redact_data(item) for item in data]
+        return [redact_data(item, names) for item in data]
     return data
 
 

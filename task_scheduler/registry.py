@@ -58,7 +58,7 @@ def register(
         raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
     defaults, settings = config.tasks, config.scheduler
     if isinstance(task, ScriptTask):
-        task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs)
+        task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs, config.tasks.secret_env)
     rule = rule.with_timezone(zone)
     retry = _retry_policy(
         _first(task.max_retries, defaults.max_retries),

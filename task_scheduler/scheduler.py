@@ -322,6 +322,7 @@ class TaskScheduler:
         """One loop step: collect finished runs, enforce timeouts, claim and submit
         due occurrences. Returns the seconds the loop may sleep before the next step."""
         now = now or self.clock.now()
+        self._maintenance.notice_clock_jump(now)
         if not self._recovered:
             self._recovered = True
             self._maintenance.recover(now)
@@ -333,15 +334,10 @@ class TaskScheduler:
         if self._stopping.is_set():
             return interval
         claim = self.store.claim_due(now, self._claim_limit, self.node_id, now + self.lease, self._next_fire)
-        for record in claim.recorded:
-            logger.warning(
-                "task %s occurrence %s %s: %s",
-                record.task_id,
-                record.scheduled_for.isoformat(),
-                record.state.value,
-                record.error,
-            )
-            self._emit(record, now)
+        if claim.recorded:
+            _log_recorded(claim.recorded)
+            for record in claim.recorded:
+                self._emit(record, now)
         self._dispatcher.cancel(claim.replace, CANCEL_REPLACED)
         for record in claim.runs:
             self._submit(record, now)
@@ -640,3 +636,28 @@ class TaskScheduler:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(wait=True)
+
+
+def _log_recorded(records: list[RunRecord]) -> None:
+    """One WARNING per task and outcome for occurrences recorded without running
+    (missed, skipped): a 5-second job down for two minutes is one line with the count
+    and the range, not 24; the history keeps a row for each."""
+    groups: dict[tuple[str, RunState], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault((record.task_id, record.state), []).append(record)
+    for (task_id, state), group in groups.items():
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            logger.warning(
+                "task %s occurrence %s %s: %s", task_id, first.scheduled_for.isoformat(), state.value, first.error
+            )
+        else:
+            logger.warning(
+                "task %s: %d occurrences from %s to %s %s (first: %s)",
+                task_id,
+                len(group),
+                first.scheduled_for.isoformat(),
+                last.scheduled_for.isoformat(),
+                state.value,
+                first.error,
+            )

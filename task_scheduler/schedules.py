@@ -52,6 +52,13 @@ __all__ = [
 ]
 
 _ONE_SECOND = timedelta(seconds=1)
+_COMMON_KEYWORDS = ("timezone", "start", "end", "jitter")
+# The keywords each rule type takes in its object form (config, JobSpec, API).
+_KEYWORDS = {
+    "interval": ("weeks", "days", "hours", "minutes", "seconds", *_COMMON_KEYWORDS),
+    "cron": ("cron", "second", "minute", "hour", "day", "month", "day_of_week", *_COMMON_KEYWORDS),
+    "once": ("run_at", "timezone", "jitter"),
+}
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
@@ -61,6 +68,12 @@ class ScheduleType(Enum):
     INTERVAL = "interval"
     CRON = "cron"
     ONCE = "once"
+
+
+def _check_keys(what: str, data: dict[str, Any], valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ScheduleError(f"{what}: unknown key {unknown[0]!r} (valid: {', '.join(valid)})")
 
 
 def resolve_timezone(name: str | tzinfo | None) -> tzinfo:
@@ -243,24 +256,21 @@ class ScheduleRule:
         kinds = [kind for kind in ("interval", "cron", "once") if kind in data]
         if len(kinds) != 1:
             raise ScheduleError("schedule needs exactly one of 'interval', 'cron', 'once'")
-        unknown = set(data) - {"interval", "cron", "once", "timezone", "start", "end", "jitter"}
-        if unknown:
-            raise ScheduleError(f"unknown schedule key(s): {', '.join(sorted(unknown))}")
-        common = {key: data[key] for key in ("timezone", "start", "end", "jitter") if key in data}
+        _check_keys("schedule", data, ("interval", "cron", "once", *_COMMON_KEYWORDS))
+        common = {key: data[key] for key in _COMMON_KEYWORDS if key in data}
         kind, spec = kinds[0], data[kinds[0]]
-        if kind == "interval":
-            if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-                return IntervalRule(seconds=spec, **common)
-            if not isinstance(spec, dict):
-                raise ScheduleError(f"interval must be a number of seconds or an object, got {spec!r}")
-            return IntervalRule(**spec, **common)
-        if kind == "cron":
-            if isinstance(spec, str):
-                return CronRule(cron=spec, **common)
-            if not isinstance(spec, dict):
-                raise ScheduleError(f"cron must be an expression or an object of fields, got {spec!r}")
-            return CronRule(**spec, **common)
-        return OnceRule(run_at=spec, **common)
+        if kind == "interval" and isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return IntervalRule(seconds=spec, **common)
+        if kind == "cron" and isinstance(spec, str):
+            return CronRule(cron=spec, **common)
+        if kind == "once" and isinstance(spec, (str, datetime)):
+            return OnceRule(run_at=spec, **common)
+        if not isinstance(spec, dict):
+            forms = {"interval": "a number of seconds", "cron": "an expression", "once": "an ISO 8601 datetime"}
+            raise ScheduleError(f"{kind} must be {forms[kind]} or an object of keywords, got {spec!r}")
+        _check_keys(kind, spec, _KEYWORDS[kind])
+        rule_class: type[ScheduleRule] = {"interval": IntervalRule, "cron": CronRule, "once": OnceRule}[kind]
+        return rule_class(**spec, **common)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
@@ -275,13 +285,16 @@ class ScheduleRule:
 class IntervalRule(ScheduleRule):
     """Every N seconds/minutes/hours/days/weeks of real elapsed time.
 
-    Without ``start`` the first fire is one period after the task is added and later
-    fires follow the previous *scheduled* time (never the time a run finished), so
-    lateness never accumulates. With ``start`` every fire lies on the grid
-    ``start + k * period``.
+    The first fire: without ``start``, one period after the task is first added;
+    with ``start="now"``, at once when the task is first added; with a ``start``
+    time, on the grid ``start + k * period``. "First added" means new to the store
+    or with a changed rule: a restart keeps the stored next fire time, so neither
+    form fires an extra time at every restart (occurrences missed while the service
+    was down follow the misfire rules). Later fires follow the previous *scheduled*
+    time (never the time a run finished), so lateness never accumulates.
     """
 
-    __slots__ = ("period",)
+    __slots__ = ("period", "start_now")
     schedule_type = ScheduleType.INTERVAL
 
     def __init__(
@@ -299,21 +312,17 @@ class IntervalRule(ScheduleRule):
         timezone: str | tzinfo | None = None,
         jitter: float = 0,
     ) -> None:
-        for name, value in (
-            ("weeks", weeks),
-            ("days", days),
-            ("hours", hours),
-            ("minutes", minutes),
-            ("seconds", seconds),
-        ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ScheduleError(f"interval {name} must be a number >= 0, got {value!r}")
-        self.period = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
-        if self.period <= timedelta(0):
-            raise ScheduleError("interval must be longer than 0 seconds")
-        arguments = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds,
-                     "start": start, "end": end, "jitter": jitter}  # fmt: skip
-        self._init_common(timezone, start, end, jitter, arguments)
+        parts = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
+        given = ", ".join(f"{value!r} {name}" for name, value in parts.items() if value != 0) or "0 seconds"
+        for name, value in parts.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ScheduleError(f"interval {name} must be a number, got {value!r}")
+        if any(value < 0 for value in parts.values()) or sum(parts.values()) <= 0:
+            raise ScheduleError(f"an interval must be a positive duration (more than 0 seconds), got {given}")
+        self.period = timedelta(**parts)
+        self.start_now = start == "now"
+        arguments = {**parts, "start": start, "end": end, "jitter": jitter}
+        self._init_common(timezone, None if self.start_now else start, end, jitter, arguments)
 
     def next_fire_time(self, after: datetime) -> datetime | None:
         after = after.astimezone(UTC)
@@ -326,20 +335,26 @@ class IntervalRule(ScheduleRule):
         return self._bounded(start + periods * self.period)
 
     def first_fire_time(self, now: datetime) -> datetime | None:
+        if self.start_now:
+            return self._bounded(now.astimezone(UTC))
         if self.start is None:
             return self.next_fire_time(now)
         return self.next_fire_time(now - _ONE_MICROSECOND)
 
     def describe(self) -> str:
         seconds = self.period.total_seconds()
+        first = ", first at once" if self.start_now else ""
         for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
             if seconds >= size and seconds % size == 0:
                 count = int(seconds // size)
-                return f"every {count} {unit}{'s' if count != 1 else ''}"
-        return f"every {seconds:g} second{'s' if seconds != 1 else ''}"
+                return f"every {count} {unit}{'s' if count != 1 else ''}{first}"
+        return f"every {seconds:g} second{'s' if seconds != 1 else ''}{first}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"interval": {"seconds": self.period.total_seconds()}, **self._common_dict()}
+        common = self._common_dict()
+        if self.start_now:
+            common["start"] = "now"
+        return {"interval": {"seconds": self.period.total_seconds()}, **common}
 
 
 class OnceRule(ScheduleRule):

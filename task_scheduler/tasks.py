@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from task_scheduler.errors import TaskError
-from task_scheduler.redact import redact_args
+from task_scheduler.redact import is_secret, mask_values, redact_args
 from task_scheduler.stores.base import ConcurrencyPolicy
 
 __all__ = [
@@ -341,7 +341,7 @@ class ScriptTask(BaseTask):
 
     __slots__ = (
         "args", "base_dir", "data_dir", "env", "inherit_env", "kill_grace", "output_limit", "script_path",
-        "working_dir",
+        "secret_env", "working_dir",
     )  # fmt: skip
 
     def __init__(
@@ -372,11 +372,16 @@ class ScriptTask(BaseTask):
         self.output_limit = output_limit
         self.base_dir = Path.cwd()
         self.data_dir = Path.cwd() / "data"
+        self.secret_env: tuple[str, ...] = ()
 
-    def bind(self, base_dir: Path, data_dir: Path, allowed_dirs: Sequence[Path] | None) -> None:
+    def bind(
+        self, base_dir: Path, data_dir: Path, allowed_dirs: Sequence[Path] | None, secret_env: Sequence[str] = ()
+    ) -> None:
         """Resolve paths against ``base_dir`` and check the script: it must exist and,
-        symlinks followed, lie inside one of ``allowed_dirs`` (None allows any)."""
-        self.base_dir, self.data_dir = base_dir, data_dir
+        symlinks followed, lie inside one of ``allowed_dirs`` (None allows any).
+        ``secret_env``: names of environment variables whose values are masked in the
+        stored output, besides the names that look secret (see redact.py)."""
+        self.base_dir, self.data_dir, self.secret_env = base_dir, data_dir, tuple(secret_env)
         path = self.script_path if self.script_path.is_absolute() else base_dir / self.script_path
         resolved = path.resolve()
         if not resolved.is_file():
@@ -411,10 +416,11 @@ class ScriptTask(BaseTask):
         return env
 
     def execute(self, context: TaskContext) -> bool:
+        env = self.environment(context)
         process = subprocess.Popen(
             self.command(),
             cwd=self.working_dir or self.base_dir,
-            env=self.environment(context),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -430,7 +436,9 @@ class ScriptTask(BaseTask):
         killer.start()  # anything the script left behind in its group goes too
         killer.wait()
         context.exit_code = process.returncode
-        out, err = _decode(stdout), _decode(stderr)
+        # Secret values the script was given never reach the history, whatever it prints.
+        secrets = [value for name, value in env.items() if name in self.secret_env or is_secret(name)]
+        out, err = mask_values(_decode(stdout), secrets), mask_values(_decode(stderr), secrets)
         context.output = "\n".join(part for part in (out, err and f"[stderr]\n{err}") if part) or None
         if context.timed_out:
             context.error = f"timed out after {context.timeout}s; process group killed"
@@ -493,13 +501,36 @@ def _report_process(context: TaskContext, pid: int) -> None:
 
 
 def stop_process_group(pgid: int, grace: float) -> None:
-    """SIGTERM to a process group, then SIGKILL to what is left after ``grace`` seconds."""
+    """SIGTERM to a process group, then SIGKILL to what is left after ``grace``
+    seconds; returns once no process of the group runs any more (zombies waiting for
+    a parent that is not us to reap them count as gone)."""
     if not _signal_group(pgid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_alive(pgid):
+    while time.monotonic() < deadline and _group_running(pgid):
         time.sleep(0.05)
     _signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _group_running(pgid):
+        time.sleep(0.02)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` that is not a zombie exists (/proc on Linux)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return _group_alive(pgid)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -30,8 +30,8 @@ def test_shipped_config_is_valid_and_declares_the_predefined_jobs() -> None:
     config = load_config(ROOT / "scheduler_config.json", environ={})
     jobs = {task.task_id: (task, rule) for task, rule, _ in config.build_tasks()}
     assert set(jobs) == {"data_upload", "sensor_data_collection", "heartbeat", "log_cleanup"}
-    assert jobs["heartbeat"][1].describe() == "every 30 seconds"
-    assert jobs["sensor_data_collection"][1].describe() == "every 5 minutes"
+    assert jobs["heartbeat"][1].describe() == "every 30 seconds, first at once"
+    assert jobs["sensor_data_collection"][1].describe() == "every 5 minutes, first at once"
     assert isinstance(jobs["data_upload"][0], ScriptTask)
     assert type(jobs["log_cleanup"][0]).__name__ == "LogCleanupTask"
 

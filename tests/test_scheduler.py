@@ -25,6 +25,7 @@ from task_scheduler import (
     TaskError,
     TaskNotFoundError,
     TaskScheduler,
+    TaskSchedulerError,
 )
 from tests.conftest import write_script
 
@@ -366,3 +367,31 @@ def test_scheduled_decorator(scheduler: TaskScheduler, clock: ManualClock) -> No
         scheduler.scheduled(cron="* * * * *", interval=5)
     with pytest.raises(TaskError, match="needs one of"):
         scheduler.scheduled()
+
+
+def test_after_stop_status_and_history_answer_and_changes_are_refused(
+    config: SchedulerConfig, clock: ManualClock
+) -> None:
+    """Scripts and tests stop the scheduler, then read the stats: the final state
+    answers (counts equal to what the history holds); changing anything says why."""
+    scheduler = TaskScheduler(config, clock=clock)
+    scheduler.add_task(FunctionTask("tick", "tick", lambda: None), IntervalRule(seconds=10))
+    scheduler.add_task(FunctionTask("fail", "fail", lambda: 1 / 0), IntervalRule(seconds=10))
+    for _ in range(3):
+        step(scheduler, clock, 10)
+    scheduler.stop()
+    status = scheduler.get_task_status("tick")
+    assert status["run_count"] == 3 == len(scheduler.store.history("tick"))
+    totals = scheduler.get_task_status()
+    assert totals["total_runs"] == 6 and totals["failed_runs"] == 3 and totals["scheduler_running"] is False
+    assert [task.task_id for task in scheduler.get_tasks()] == ["tick", "fail"]
+    assert scheduler.store.task_states()["fail"].failure_count == 3
+    for change in (
+        lambda: scheduler.add_task(FunctionTask("new", "new", lambda: None), IntervalRule(seconds=1)),
+        lambda: scheduler.pause_task("tick"),
+        lambda: scheduler.resume_task("tick"),
+        lambda: scheduler.run_now("tick"),
+        lambda: scheduler.remove_task("tick"),
+    ):
+        with pytest.raises(TaskSchedulerError, match="the scheduler is stopped"):
+            change()

@@ -189,6 +189,7 @@ class SQLiteStore:
         self.location = str(self.path)
         self._lock = threading.RLock()
         self._closed = False
+        self._busy_timeout = busy_timeout
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         try:
@@ -266,6 +267,26 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot, no write lock (WAL readers
+        never wait for writers). After `close` reads still answer, from a
+        short-lived read-only connection, so a stopped scheduler reports its final
+        state; writes after close raise StoreError."""
+        with self._lock:
+            if not self._closed:
+                self._db.execute("BEGIN")
+                try:
+                    yield self._db
+                finally:
+                    self._db.execute("COMMIT")
+                return
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self._busy_timeout)
+        try:
+            yield db
+        finally:
+            db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -662,12 +683,12 @@ class SQLiteStore:
 
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
-        with self._transaction() as db:
+        with self._reading() as db:
             return self._states(db, None)
 
     def job_specs(self, origin: Origin | None = None) -> dict[str, dict[str, Any]]:
         query = "SELECT task_id, spec FROM tasks WHERE removed = 0 AND spec IS NOT NULL"
-        with self._transaction() as db:
+        with self._reading() as db:
             if origin is None:
                 rows = db.execute(query).fetchall()
             else:
@@ -675,13 +696,11 @@ class SQLiteStore:
         return {task_id: json.loads(spec) for task_id, spec in rows}
 
     def revision(self) -> int:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"the state database {self.path} is closed")
-            return int(self._db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0])
+        with self._reading() as db:
+            return int(db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0])
 
     def active_runs(self) -> list[RunRecord]:
-        with self._transaction() as db:
+        with self._reading() as db:
             rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('scheduled', 'running')").fetchall()
             return [_record(row) for row in rows]
 
@@ -697,11 +716,11 @@ class SQLiteStore:
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
             "ORDER BY finished_at DESC, scheduled_for DESC LIMIT ?"
         )
-        with self._transaction() as db:
+        with self._reading() as db:
             return [_record(row) for row in db.execute(query, (*values, limit))]
 
     def run(self, run_id: str) -> RunRecord | None:
-        with self._transaction() as db:
+        with self._reading() as db:
             rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchall()
             if not rows and len(run_id) >= 6:
                 pattern = run_id.replace("\\", "").replace("%", "").replace("_", "")
@@ -712,7 +731,7 @@ class SQLiteStore:
         return _record(rows[0]) if len(rows) == 1 else None
 
     def nodes(self) -> list[NodeInfo]:
-        with self._transaction() as db:
+        with self._reading() as db:
             rows = db.execute(
                 "SELECT node_id, host, pid, started_at, heartbeat_at, config, store, skew FROM nodes"
             ).fetchall()

@@ -121,3 +121,67 @@ def test_cli_against_a_live_service(base_dir: Path) -> None:
     assert duplicates == 0
     assert db.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM runs WHERE task_id = 'say' AND manual = 1").fetchone()[0] == 5
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+
+ledger = Path(os.environ["TASK_SCHEDULER_DATA_DIR"]) / "ledger.txt"
+ledger.parent.mkdir(parents=True, exist_ok=True)
+alive = []
+if ledger.exists():
+    for line in ledger.read_text().split():
+        try:
+            state = Path(f"/proc/{int(line)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError):
+            continue
+        if state not in ("Z", "X"):  # running, not a zombie waiting to be reaped
+            alive.append(line)
+with ledger.open("a") as out:
+    if alive:
+        out.write("overlap\\n")  # another copy of this job is still running
+    out.write(f"{os.getpid()}\\n")
+print("started", os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running, not a zombie (the test's parent of an orphan may reap it late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_nothing_runs_twice_after_kill_9_the_orphan_is_stopped_before_recovery(base_dir: Path) -> None:
+    """kill -9 of the service leaves a running script's process group alive (re-
+    parented to init); the restart stops it before re-running the recovered run, so
+    max_instances=1 holds."""
+    (base_dir / "scripts" / "slow.py").write_text(ORPHAN_SCRIPT)
+    config = {
+        "scheduler": {"check_interval": 0.2, "timezone": "UTC", "shutdown_timeout": 1},
+        "tasks": {"max_retries": 0, "kill_grace": 1},
+        "jobs": [{"id": "slow", "script_path": "scripts/slow.py", "recover": True, "timeout": 120,
+                  "schedule": {"interval": {"hours": 1}, "start": "now"}}],
+    }  # fmt: skip
+    ledger = base_dir / "data" / "ledger.txt"
+    service = Service(base_dir, config).start()
+    try:
+        assert wait_for(lambda: ledger.exists() and ledger.read_text().split(), timeout=60)
+        orphan = int(ledger.read_text().split()[0])
+        service.kill()
+        assert _pid_alive(orphan)  # kill -9 does not reach the script's own process group
+
+        service.start()
+        assert wait_for(lambda: len(ledger.read_text().split()) == 2, timeout=60)  # the recovered run started
+        assert "overlap" not in ledger.read_text() and not _pid_alive(orphan)
+        assert f"stopping process group {orphan} left running by task slow" in service.log
+        [interrupted] = [r for r in history(service, "slow") if r["state"] == "interrupted"]
+        assert "died" in str(interrupted["error"]) and interrupted["attempt"] == 1
+        code, stderr = service.signal(signal.SIGTERM)
+        assert code == 0, stderr
+        assert service.log.rstrip().splitlines()[-1].endswith("scheduler stopped")  # the last line says so
+    finally:
+        service.ensure_stopped()

@@ -288,3 +288,16 @@ def test_sqlite_background_checkpoints_move_the_log_into_the_file(tmp_path: Path
     grown = path.stat().st_size > before
     store.close()
     assert grown and store._checkpointer is not None and not store._checkpointer.is_alive()
+
+
+def test_reads_still_answer_after_close(store: Store) -> None:
+    """A stopped scheduler closes its store and still reports its final state."""
+    store.sync_tasks([definition()], NODE)
+    [run] = claim(store, T0).runs
+    run.state, run.started_at, run.finished_at = RunState.SUCCEEDED, T0, T0 + timedelta(seconds=1)
+    store.finish([run])
+    store.close()
+    assert store.task_states()["job"].run_count == 1
+    assert [r.run_id for r in store.history("job")] == [run.run_id]
+    assert store.run(run.run_id[-12:]) is not None and store.active_runs() == []
+    assert isinstance(store.revision(), int) and store.nodes() == []
