@@ -380,6 +380,7 @@ class UnresolvedTask(BaseTask):
     def resolve(self) -> BaseTask | None:
         """The real task, if it can be built now."""
         if self._resolved is None:
+            importlib.invalidate_caches()  # a module put back since the last try is found
             try:
                 self._resolved, _ = self.spec.build(self._config, where=f"job {self.spec.id!r}")
             except TaskSchedulerError as exc:

@@ -54,8 +54,9 @@ __all__ = ["TaskScheduler"]
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-# How often jobs that could not be loaded (UnresolvedTask) are tried again, seconds.
-RETRY_UNRESOLVED = 30.0
+# How often jobs that could not be loaded (UnresolvedTask) are tried again: every
+# this many check_intervals, at most every 30 s.
+RETRY_UNRESOLVED = 10
 # One item to register: the task, its rule, its spec (as data) and why it cannot run.
 _Item = tuple[BaseTask, ScheduleRule, dict[str, Any] | None, str | None]
 
@@ -351,7 +352,7 @@ class TaskScheduler:
 
     def _poll_jobs(self) -> None:
         """Every check_interval: pick up persistent jobs other processes changed, and
-        every RETRY_UNRESOLVED seconds try again to load the ones that failed to."""
+        now and then try again to load the ones that failed to (RETRY_UNRESOLVED)."""
         monotonic = self.clock.monotonic()
         if monotonic < self._next_job_check:
             return
@@ -361,7 +362,7 @@ class TaskScheduler:
             self._revision = revision
             self._restore_jobs()
         elif monotonic >= self._next_unresolved_retry:
-            self._next_unresolved_retry = monotonic + RETRY_UNRESOLVED
+            self._next_unresolved_retry = monotonic + min(30.0, RETRY_UNRESOLVED * self.config.scheduler.check_interval)
             self._retry_unresolved()
 
     def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
