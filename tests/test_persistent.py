@@ -108,7 +108,7 @@ def test_changes_through_the_api_update_the_stored_definition(base_dir: Path, mo
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda: (lambda: None), "it is a lambda"),
+        (lambda: lambda: None, "it is a lambda"),
         (lambda: _closure(), "it is defined inside another function (a closure)"),
         (lambda: _Thing().method, "it is a bound method"),
     ],
@@ -175,9 +175,9 @@ def test_an_unimportable_stored_job_is_reported_not_dropped_and_recovers(base_di
 def test_a_config_job_cannot_be_replaced_by_a_persistent_one(base_dir: Path) -> None:
     write_script(base_dir, "ok.py", "print('ok')\n")
     path = base_dir / "config.json"
-    path.write_text(json.dumps({"scheduler": {"timezone": "UTC"}, "store": {"url": "memory://"},
-                                "logging": {"log_file": None},
-                                "jobs": [{"id": "ok", "script_path": "scripts/ok.py", "schedule": {"interval": 5}}]}))  # fmt: skip
+    job = {"id": "ok", "script_path": "scripts/ok.py", "schedule": {"interval": 5}}
+    config = {"scheduler": {"timezone": "UTC"}, "store": {"url": "memory://"}, "logging": {"log_file": None}}
+    path.write_text(json.dumps({**config, "jobs": [job]}))
     scheduler = TaskScheduler(str(path))
     with pytest.raises(TaskError, match="comes from the config file"):
         scheduler.add_job({"id": "ok", "function": "os:getpid", "schedule": {"interval": 5}}, replace_existing=True)
