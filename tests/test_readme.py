@@ -6,8 +6,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ def checkout(tmp_path: Path) -> Path:
     """A copy of what a user has after cloning: config and scripts."""
     shutil.copy(ROOT / "scheduler_config.json", tmp_path)
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
     return tmp_path
 
 
@@ -44,6 +47,17 @@ def test_readme_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(index: int, checkout: Path) -> None:
+    if "run_forever()" in PYTHON_BLOCKS[index]:
+        # A service example: it runs until SIGTERM, then stops gracefully with exit 0.
+        service = subprocess.Popen(
+            [sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=checkout, env=_env(), stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(2)
+        assert service.poll() is None, service.communicate()[1]
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=60)
+        assert service.returncode == 0, stderr
+        return
     result = subprocess.run(
         [sys.executable, "-c", PYTHON_BLOCKS[index]],
         cwd=checkout,
@@ -72,7 +86,7 @@ def test_cli_examples_run_in_order(checkout: Path) -> None:
     """Against the store a service left behind (its jobs registered, no service alive)."""
     subprocess.run([sys.executable, "-c", REGISTER], cwd=checkout, env=_env(), check=True, timeout=60)
     for line in CLI_LINES:
-        arguments = shlex.split(line)[1:]
+        arguments = shlex.split(line, comments=True)[1:]
         result = subprocess.run(
             [sys.executable, "-m", "task_scheduler", *arguments],
             cwd=checkout, env=_env(), capture_output=True, text=True, timeout=60,
