@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import zlib
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import Enum
@@ -53,6 +54,7 @@ __all__ = [
 
 _ONE_SECOND = timedelta(seconds=1)
 _COMMON_KEYWORDS = ("timezone", "start", "end", "jitter")
+_FINGERPRINTS: dict[tuple[Any, ...], str] = {}  # rule identity -> fingerprint (bounded)
 # The keywords each rule type takes in its object form (config, JobSpec, API).
 _KEYWORDS = {
     "interval": ("weeks", "days", "hours", "minutes", "seconds", *_COMMON_KEYWORDS),
@@ -161,10 +163,10 @@ class ScheduleRule:
         arguments: dict[str, Any],
     ) -> None:
         self._fingerprint: str | None = None
-        naive = any(
-            isinstance(v, str) or (isinstance(v, datetime) and v.tzinfo is None)
-            for v in (start, end, arguments.get("run_at"))
-        )
+        naive = False
+        for value in (start, end, arguments.get("run_at")):
+            if isinstance(value, str) or (isinstance(value, datetime) and value.tzinfo is None):
+                naive = True
         self._arguments = arguments if naive else None
         self.timezone = None if timezone is None else resolve_timezone(timezone)
         zone = self.timezone or UTC
@@ -174,7 +176,7 @@ class ScheduleRule:
             raise ScheduleError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
         if not isinstance(jitter, (int, float)) or jitter < 0:
             raise ScheduleError(f"jitter must be a number of seconds >= 0, got {jitter!r}")
-        self.jitter = float(jitter)
+        self.jitter = float(jitter) if jitter else 0.0  # the shared constant: no float object per rule
 
     # -- the pure math every rule provides ------------------------------------------
     def next_fire_time(self, after: datetime) -> datetime | None:
@@ -210,13 +212,25 @@ class ScheduleRule:
         return self
 
     def fingerprint(self) -> str:
-        """A stable text identity: a changed fingerprint means the task is rescheduled."""
+        """A stable text identity: a changed fingerprint means the task is rescheduled.
+        Equal rules share one string (many tasks often share a rule)."""
         if self._fingerprint is None:
-            data = self.to_dict()
-            if isinstance(data.get("timezone"), tzinfo):
-                data["timezone"] = str(data["timezone"])
-            self._fingerprint = repr(sorted(data.items()))
+            identity = self._identity()
+            fingerprint = _FINGERPRINTS.get(identity) if identity is not None else None
+            if fingerprint is None:
+                data = self.to_dict()
+                if isinstance(data.get("timezone"), tzinfo):
+                    data["timezone"] = str(data["timezone"])
+                fingerprint = sys.intern(repr(sorted(data.items())))
+                if identity is not None and len(_FINGERPRINTS) < 4096:
+                    _FINGERPRINTS[identity] = fingerprint
+            self._fingerprint = fingerprint
         return self._fingerprint
+
+    def _identity(self) -> tuple[Any, ...] | None:
+        """Everything that makes two rules equal, as a key for the fingerprint cache;
+        None: do not cache (a rule type that does not say)."""
+        return None
 
     def jitter_offset(self, task_id: str, fire_time: datetime) -> timedelta:
         """The deterministic delay ``[0, jitter)`` for one occurrence of one task."""
@@ -312,16 +326,10 @@ class IntervalRule(ScheduleRule):
         timezone: str | tzinfo | None = None,
         jitter: float = 0,
     ) -> None:
-        parts = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
-        given = ", ".join(f"{value!r} {name}" for name, value in parts.items() if value != 0) or "0 seconds"
-        for name, value in parts.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ScheduleError(f"interval {name} must be a number, got {value!r}")
-        if any(value < 0 for value in parts.values()) or sum(parts.values()) <= 0:
-            raise ScheduleError(f"an interval must be a positive duration (more than 0 seconds), got {given}")
-        self.period = timedelta(**parts)
+        self.period = _period(weeks, days, hours, minutes, seconds)
         self.start_now = start == "now"
-        arguments = {**parts, "start": start, "end": end, "jitter": jitter}
+        arguments = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds,
+                     "start": start, "end": end, "jitter": jitter}  # fmt: skip
         self._init_common(timezone, None if self.start_now else start, end, jitter, arguments)
 
     def next_fire_time(self, after: datetime) -> datetime | None:
@@ -342,19 +350,41 @@ class IntervalRule(ScheduleRule):
         return self.next_fire_time(now - _ONE_MICROSECOND)
 
     def describe(self) -> str:
-        seconds = self.period.total_seconds()
-        first = ", first at once" if self.start_now else ""
-        for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-            if seconds >= size and seconds % size == 0:
-                count = int(seconds // size)
-                return f"every {count} {unit}{'s' if count != 1 else ''}{first}"
-        return f"every {seconds:g} second{'s' if seconds != 1 else ''}{first}"
+        return _describe_interval(self.period, self.start_now)
+
+    def _identity(self) -> tuple[Any, ...] | None:
+        return (IntervalRule, self.period, self.start_now, self.start, self.end, self.timezone, self.jitter)
 
     def to_dict(self) -> dict[str, Any]:
         common = self._common_dict()
         if self.start_now:
             common["start"] = "now"
         return {"interval": {"seconds": self.period.total_seconds()}, **common}
+
+
+@lru_cache(maxsize=1024)
+def _period(weeks: float, days: float, hours: float, minutes: float, seconds: float) -> timedelta:
+    """The checked period; equal intervals share one timedelta."""
+    parts = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
+    for name, value in parts.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ScheduleError(f"interval {name} must be a number, got {value!r}")
+    if any(value < 0 for value in parts.values()) or sum(parts.values()) <= 0:
+        given = ", ".join(f"{value!r} {name}" for name, value in parts.items() if value != 0) or "0 seconds"
+        raise ScheduleError(f"an interval must be a positive duration (more than 0 seconds), got {given}")
+    return timedelta(**parts)
+
+
+@lru_cache(maxsize=1024)
+def _describe_interval(period: timedelta, start_now: bool) -> str:
+    """The interval in words (cached: equal intervals share one string)."""
+    seconds = period.total_seconds()
+    first = ", first at once" if start_now else ""
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"every {count} {unit}{'s' if count != 1 else ''}{first}"
+    return f"every {seconds:g} second{'s' if seconds != 1 else ''}{first}"
 
 
 class OnceRule(ScheduleRule):

@@ -24,6 +24,7 @@ from datetime import datetime
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from task_scheduler.errors import TaskError
@@ -42,6 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Backoff(Enum):
@@ -174,6 +176,11 @@ def _parameters(func: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
 
 
 @lru_cache(maxsize=1024)
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func)
+
+
+@lru_cache(maxsize=1024)
 def _takes_context_keyword(func: Callable[..., Any]) -> bool:
     """Whether ``func`` has a ``context`` parameter (cached: signatures are slow)."""
     return "context" in _parameters(func)
@@ -298,9 +305,9 @@ class FunctionTask(BaseTask):
             raise TaskError(f"task {task_id!r}: func must be callable, got {func!r}")
         self.func = func
         self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
+        self.kwargs: Mapping[str, Any] = dict(kwargs) if kwargs else _NO_KWARGS  # shared: most tasks have none
         self._wants_context = _takes_context_keyword(func)
-        self._is_async = inspect.iscoroutinefunction(func)
+        self._is_async = _is_coroutine_function(func)
 
     def execute(self, context: TaskContext) -> Any:
         kwargs = {**self.kwargs, "context": context} if self._wants_context else self.kwargs
