@@ -120,6 +120,7 @@ class TaskScheduler:
             self.store, self.config, self.node_id, self.clock, lambda: list(self._dispatcher.active), self._emit
         )
         self._recovered = False
+        self._wake_at: datetime | None = None  # when the loop wakes next on its own (None: not known)
         self._revision = self.store.revision()
         self._next_job_check = 0.0  # on the monotonic clock
         self._next_unresolved_retry = 0.0
@@ -183,7 +184,7 @@ class TaskScheduler:
             register(task, rule, self.config, self.timezone, now, origin, spec, problem)
             for task, rule, spec, problem in items
         ]
-        ids = Counter(entry.task.task_id for entry in entries)
+        ids = Counter(entry.task.task_id for entry in entries) if len(entries) != 1 else {entries[0].task.task_id: 1}
         duplicates = {task_id for task_id, count in ids.items() if count > 1}
         with self._lock:
             taken = [] if replace_existing else [task_id for task_id in ids if task_id in self._entries]
@@ -205,7 +206,10 @@ class TaskScheduler:
         else:
             for entry in entries:
                 logger.info("added task %s: %s", entry.task.task_id, entry.definition.schedule)
-        self._wake.set()
+        # Wake the loop only when a new task is due before it would wake anyway.
+        wake_at = self._wake_at
+        if wake_at is None or any(e.definition.first_fire and e.definition.first_fire < wake_at for e in entries):
+            self._wake.set()
 
     def scheduled(
         self,
@@ -344,10 +348,12 @@ class TaskScheduler:
             self._submit(record, now)
         self._dispatcher.start_delayed(now)
         if claim.more:
+            self._wake_at = now
             return 0.0
         wake_times = [when for when in (claim.next_due, self._dispatcher.next_wake()) if when is not None]
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
+        self._wake_at = now + timedelta(seconds=interval)
         return interval
 
     def _poll_jobs(self) -> None:
@@ -479,7 +485,7 @@ class TaskScheduler:
     def _build_stored(self, data: dict[str, Any]) -> _Item:
         """A stored spec as a task; one whose code cannot be loaded as an UnresolvedTask."""
         where = f"stored job {data.get('id')!r}"
-        spec = JobSpec.from_dict(data, where)
+        spec = JobSpec.from_stored(data)
         try:
             task, rule = spec.build(self.config, where)
             return task, rule, data, None

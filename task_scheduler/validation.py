@@ -14,6 +14,7 @@ import dataclasses
 import json
 import types
 import typing
+from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
 
 from task_scheduler.errors import ConfigError
@@ -27,8 +28,7 @@ def build(cls: type, data: Any, path: str, source: str | None) -> Any:
     ConfigError for a non-object, an unknown or missing key, or a wrong type."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected an object, got {show(data)}", source=source, key=path or None)
-    hints = typing.get_type_hints(cls)
-    fields = {_key(f): f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -114,6 +114,13 @@ def show(value: Any, key: str = "") -> str:
         return "a value (hidden: the key looks like a secret)"
     text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
     return text if len(text) < 60 else text[:57] + "..."
+
+
+@lru_cache(maxsize=64)
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A dataclass's resolved type hints and its fields by key (resolving hints is slow)."""
+    fields = {_key(f): f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    return typing.get_type_hints(cls), fields
 
 
 def _key(field: dataclasses.Field[Any]) -> str:
