@@ -53,14 +53,23 @@ class EventDispatcher:
     def __init__(self) -> None:
         self._listeners: list[tuple[Listener, EventType]] = []
         self._lock = threading.Lock()
+        self.mask = EventType(0)  # the kinds someone listens to: callers build no other events
 
     def add(self, callback: Listener, mask: EventType = EventType.ALL) -> None:
         with self._lock:
             self._listeners = [*self._listeners, (callback, mask)]
+            self.mask |= mask
 
     def remove(self, callback: Listener) -> None:
         with self._lock:
             self._listeners = [(cb, mask) for cb, mask in self._listeners if cb is not callback]
+            self.mask = EventType(0)
+            for _, mask in self._listeners:
+                self.mask |= mask
+
+    def wants(self, kind: EventType) -> bool:
+        """Whether any listener takes events of ``kind``."""
+        return bool(kind & self.mask)
 
     def __bool__(self) -> bool:
         """Whether anyone listens (callers skip building events otherwise)."""

@@ -419,7 +419,7 @@ class TaskScheduler:
         if not self._events:
             return
         kind = kind or _EVENT_FOR_STATE.get(record.state)
-        if kind is not None:
+        if kind is not None and self._events.wants(kind):
             self._events.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
 
     def wait_for_runs(self, timeout: float | None = None) -> bool:

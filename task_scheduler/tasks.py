@@ -237,11 +237,18 @@ class BaseTask:
         self.timeout = _positive_or_none(task_id, "timeout", timeout)
         self.max_retries = max_retries
         self.retry_delay = retry_delay
-        self.retry_backoff = None if retry_backoff is None else Backoff(retry_backoff)
+        self.retry_backoff = (
+            retry_backoff if retry_backoff is None or type(retry_backoff) is Backoff else Backoff(retry_backoff)
+        )
         if not isinstance(max_instances, int) or max_instances < 1:
             raise TaskError(f"task {task_id!r}: max_instances must be an integer >= 1, got {max_instances!r}")
         self.max_instances = max_instances
-        self.concurrency_policy = ConcurrencyPolicy(concurrency_policy)
+        # (an enum call costs microseconds: skip it when given the member itself)
+        self.concurrency_policy = (
+            concurrency_policy
+            if type(concurrency_policy) is ConcurrencyPolicy
+            else ConcurrencyPolicy(concurrency_policy)
+        )
         self.misfire_grace_time = misfire_grace_time
         self.coalesce = coalesce
         self.catch_up = catch_up
