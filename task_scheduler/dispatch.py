@@ -199,6 +199,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def queued(self) -> int:
+        """Launched runs waiting for a free worker."""
+        return len(self._queue)
+
     def next_wake(self) -> datetime | None:
         """The earliest jitter start or function deadline, if any."""
         times = [heap[0][0] for heap in (self._delayed, self._deadlines) if heap]

@@ -74,8 +74,9 @@ _ONLY_FOR = {
     "class_ref": ("class",), "builtin": ("builtin",), "handler": ("handler",),
     "params": ("class", "builtin", "handler"),
 }  # fmt: skip
-_OPTIONS = ("timeout", "max_retries", "retry_delay", "retry_backoff", "max_instances", "concurrency_policy",
-            "misfire_grace_time", "coalesce", "catch_up", "max_runs", "recover", "tags")  # fmt: skip
+_OPTIONS = ("timeout", "max_retries", "retry_delay", "retry_backoff", "max_retry_delay", "max_instances",
+            "concurrency_policy", "misfire_grace_time", "coalesce", "catch_up", "max_runs", "recover",
+            "tags")  # fmt: skip
 
 
 @dataclass
@@ -103,6 +104,7 @@ class JobSpec:
     max_retries: int | None = None
     retry_delay: float | None = None
     retry_backoff: str | None = None
+    max_retry_delay: float | None = None
     max_instances: int = 1
     concurrency_policy: str = "forbid"
     misfire_grace_time: float | None = None

@@ -64,7 +64,7 @@ def register(
         _first(task.max_retries, defaults.max_retries),
         _first(task.retry_delay, defaults.retry_delay),
         task.retry_backoff or Backoff(defaults.retry_backoff),
-        defaults.max_retry_delay,
+        _first(task.max_retry_delay, defaults.max_retry_delay),
         defaults.retry_on_timeout,
         defaults.retry_jitter,
     )

@@ -630,6 +630,7 @@ class TaskScheduler:
             sum(len(runs) for runs in running.values()),
         )
         result.update(
+            queued_runs=self._dispatcher.queued,
             scheduler_running=self.running,
             node_id=self.node_id,
             uptime_seconds=None if self._started_at is None else round(time.monotonic() - self._started_at, 3),

@@ -53,20 +53,74 @@ class Backoff(Enum):
     EXPONENTIAL = "exponential"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RetryPolicy:
     """Retries of a failed attempt: ``max_retries`` more attempts, the n-th after
     ``retry_delay`` (fixed) or ``retry_delay * 2**(n-1)`` (exponential) seconds,
     capped at ``max_delay``, then stretched by a random ``[0, jitter)`` fraction so
     that many tasks failing together do not retry in lockstep. A retry is a timed
-    occurrence, never a sleep in a worker."""
+    occurrence, never a sleep in a worker.
 
-    max_retries: int = 0
-    retry_delay: float = 5.0
-    backoff: Backoff = Backoff.FIXED
-    max_delay: float = 3600.0
-    retry_on_timeout: bool = True
-    jitter: float = 0.0
+    It also takes the words of tenacity-based schedulers (chronflow):
+    ``RetryPolicy(max_attempts=5, strategy="exponential", wait_min=1.0, wait_max=60.0)``
+    is ``max_retries=4`` (the first attempt counts as one of the ``max_attempts``),
+    ``backoff="exponential"``, ``retry_delay=1.0``, ``max_delay=60.0``. Giving both
+    words for one setting is an error.
+    """
+
+    max_retries: int
+    retry_delay: float
+    backoff: Backoff
+    max_delay: float
+    retry_on_timeout: bool
+    jitter: float
+
+    def __init__(
+        self,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        backoff: Backoff | str | None = None,
+        max_delay: float | None = None,
+        retry_on_timeout: bool = True,
+        jitter: float = 0.0,
+        *,
+        max_attempts: int | None = None,
+        strategy: Backoff | str | None = None,
+        wait_min: float | None = None,
+        wait_max: float | None = None,
+    ) -> None:
+        for ours, theirs, name in ((max_retries, max_attempts, "max_retries or max_attempts"),
+                                   (backoff, strategy, "backoff or strategy"),
+                                   (retry_delay, wait_min, "retry_delay or wait_min"),
+                                   (max_delay, wait_max, "max_delay or wait_max")):  # fmt: skip
+            if ours is not None and theirs is not None:
+                raise TaskError(f"RetryPolicy: give {name}, not both")
+        if max_attempts is not None:
+            if not isinstance(max_attempts, int) or max_attempts < 1:
+                raise TaskError(f"RetryPolicy: max_attempts must be an integer >= 1, got {max_attempts!r}")
+            max_retries = max_attempts - 1
+        try:
+            chosen_backoff = Backoff(strategy or backoff or Backoff.FIXED)
+        except ValueError as exc:
+            raise TaskError(
+                f"RetryPolicy: backoff must be 'fixed' or 'exponential', got {strategy or backoff!r}"
+            ) from exc
+        values = {
+            "max_retries": 0 if max_retries is None else max_retries,
+            "retry_delay": _first_given(retry_delay, wait_min, 5.0),
+            "backoff": chosen_backoff,
+            "max_delay": _first_given(max_delay, wait_max, 3600.0),
+            "retry_on_timeout": retry_on_timeout,
+            "jitter": jitter,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def task_options(self) -> dict[str, Any]:
+        """The per-task options (`BaseTask` keywords) this policy sets; ``retry_on_timeout``
+        and ``jitter`` are service-wide (``tasks.retry_on_timeout``, ``tasks.retry_jitter``)."""
+        return {"max_retries": self.max_retries, "retry_delay": self.retry_delay, "retry_backoff": self.backoff,
+                "max_retry_delay": self.max_delay}  # fmt: skip
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -75,6 +129,10 @@ class RetryPolicy:
         else:
             base = min(self.retry_delay, self.max_delay)
         return base * (1.0 + random.random() * self.jitter) if self.jitter else base
+
+
+def _first_given(first: float | None, second: float | None, default: float) -> float:
+    return first if first is not None else second if second is not None else default
 
 
 class TaskContext:
@@ -195,8 +253,8 @@ def _accepts_argument(method: Callable[..., Any]) -> bool:
 class BaseTask:
     """A unit of work with its run options. Subclass it and implement `execute`.
 
-    ``timeout``/``max_retries``/``retry_delay``/``retry_backoff``/``misfire_grace_time``
-    /``coalesce``/``catch_up`` left at None take the scheduler's ``tasks`` defaults.
+    ``timeout``/``max_retries``/``retry_delay``/``retry_backoff``/``max_retry_delay``/
+    ``misfire_grace_time``/``coalesce``/``catch_up`` left at None take the scheduler's ``tasks`` defaults.
     ``recover``: a run cut short by a crash or a shutdown (INTERRUPTED) is run again
     as the next attempt of the same occurrence (Quartz's "requests recovery").
     """
@@ -205,8 +263,8 @@ class BaseTask:
     # __dict__ for its own attributes.
     __slots__ = (
         "catch_up", "coalesce", "concurrency_policy", "description", "enabled", "last_error", "max_instances",
-        "max_retries", "max_runs", "misfire_grace_time", "name", "recover", "retry_backoff", "retry_delay", "tags",
-        "task_id", "timeout",
+        "max_retries", "max_retry_delay", "max_runs", "misfire_grace_time", "name", "recover", "retry_backoff",
+        "retry_delay", "tags", "task_id", "timeout",
     )  # fmt: skip
 
     def __init__(
@@ -219,6 +277,7 @@ class BaseTask:
         max_retries: int | None = None,
         retry_delay: float | None = None,
         retry_backoff: Backoff | str | None = None,
+        max_retry_delay: float | None = None,
         max_instances: int = 1,
         concurrency_policy: ConcurrencyPolicy | str = ConcurrencyPolicy.FORBID,
         misfire_grace_time: float | None = None,
@@ -240,6 +299,7 @@ class BaseTask:
         self.retry_backoff = (
             retry_backoff if retry_backoff is None or type(retry_backoff) is Backoff else Backoff(retry_backoff)
         )
+        self.max_retry_delay = max_retry_delay
         if not isinstance(max_instances, int) or max_instances < 1:
             raise TaskError(f"task {task_id!r}: max_instances must be an integer >= 1, got {max_instances!r}")
         self.max_instances = max_instances

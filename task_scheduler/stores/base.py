@@ -27,6 +27,7 @@ __all__ = [
     "Retry",
     "RunRecord",
     "RunState",
+    "SharedValues",
     "Store",
     "TaskDefinition",
     "TaskState",
@@ -414,6 +415,36 @@ def record_for(task_id: str, when: datetime, state: RunState, node: str, error: 
     return RunRecord(new_run_id(), task_id, when, state, node=node, error=error, finished_at=now)
 
 
+class SharedValues(Protocol):
+    """A key-value store with expiry that tasks and processes share (the
+    ``store.shared`` of every `Store`; `task_scheduler.shared` is its face).
+
+    Values are JSON text, given and returned as ``str``; the caller encodes. Times are
+    aware UTC datetimes; a value whose ``expires_at`` is at or before ``now`` is gone
+    for every read (``get``, ``keys``) whether or not `purge` has removed it yet.
+    Thread-safe; each call is one transaction. A store shared by processes (SQLite,
+    PostgreSQL) shares the values too, and keeps them across restarts.
+    """
+
+    def set(self, key: str, value: str, expires_at: datetime | None) -> None:
+        """Insert or replace ``key``; ``expires_at`` None keeps it until deleted."""
+
+    def get(self, key: str, now: datetime) -> str | None:
+        """The value of ``key`` unless missing or expired at ``now``."""
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed (expired or not)."""
+
+    def keys(self, now: datetime | None) -> list[str]:
+        """Sorted keys alive at ``now``; ``now`` None lists expired ones not purged yet too."""
+
+    def purge(self, now: datetime) -> int:
+        """Delete the values expired at ``now``; returns how many went."""
+
+    def clear(self) -> int:
+        """Delete every value; returns how many went."""
+
+
 class Store(Protocol):
     """The narrow contract the scheduler (and the CLI) use for all state.
 
@@ -431,6 +462,10 @@ class Store(Protocol):
     """
 
     location: str  # where the state lives, for people ("memory", a file path, a URL)
+
+    @property
+    def shared(self) -> SharedValues:
+        """The shared key-value store kept beside the schedule state."""
 
     def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
         """Register or update tasks. A new task, or one whose fingerprint changed, gets

@@ -58,6 +58,7 @@ class MemoryStore:
         self._registrations: dict[str, dict[str, str]] = {}  # task_id -> node -> fingerprint
         self._revision = 0
         self._max_history = max_history_per_task
+        self.shared = MemorySharedValues()
 
     # -- registration ---------------------------------------------------------------
     def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
@@ -397,6 +398,47 @@ class MemoryStore:
 
     def _running_count(self, task_id: str) -> int:
         return sum(1 for r in self._active.get(task_id, {}).values() if r.state is RunState.RUNNING)
+
+
+class MemorySharedValues:
+    """The `SharedValues` contract in a dict: (JSON text, expiry) by key."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, datetime | None]] = {}
+        self._lock = threading.Lock()
+
+    def set(self, key: str, value: str, expires_at: datetime | None) -> None:
+        with self._lock:
+            self._values[key] = (value, expires_at)
+
+    def get(self, key: str, now: datetime) -> str | None:
+        with self._lock:
+            found = self._values.get(key)
+        if found is None or (found[1] is not None and found[1] <= now):
+            return None
+        return found[0]
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._values.pop(key, None) is not None
+
+    def keys(self, now: datetime | None) -> list[str]:
+        with self._lock:
+            items = list(self._values.items())
+        return sorted(k for k, (_, until) in items if now is None or until is None or until > now)
+
+    def purge(self, now: datetime) -> int:
+        with self._lock:
+            expired = [k for k, (_, until) in self._values.items() if until is not None and until <= now]
+            for key in expired:
+                del self._values[key]
+        return len(expired)
+
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._values)
+            self._values.clear()
+        return count
 
 
 def _in_order(heap: list[tuple[datetime, int, str]]) -> Iterator[tuple[datetime, int, str]]:

@@ -44,6 +44,7 @@ from task_scheduler.stores.base import (
     record_for,
     recovery_of,
 )
+from task_scheduler.stores.sqlite_shared import SQLiteSharedValues
 
 __all__ = ["SQLiteStore"]
 
@@ -213,6 +214,7 @@ class SQLiteStore:
                 name="task-scheduler-checkpoint",
             )  # fmt: skip
             self._checkpointer.start()
+        self.shared = SQLiteSharedValues(self._transaction)
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
         """Connect, switch to WAL and migrate, waiting up to ``busy_timeout`` seconds
