@@ -6,6 +6,11 @@ makes ``fn(params)`` the code for every job of ``"type": "handler", "handler":
 scheduler starts); jobs naming them are data and can be persistent, so a restarted
 service runs them as soon as its handlers are registered again. A job whose handler
 is not registered in the process that runs it fails with that reason.
+
+A process may route handler runs through a work queue (`route_handlers`; the
+`task_scheduler.workqueue.HandlerScheduler` does while it runs): a scheduled
+handler task then puts an item on the queue and waits for a consumer to run it, so
+the run's outcome is still the handler's.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ from typing import Any, TypeVar
 from task_scheduler.errors import TaskError
 from task_scheduler.tasks import TaskContext
 
-__all__ = ["call_handler", "get_handler", "register_handler", "registered_handlers", "unregister_handler"]
+__all__ = [
+    "call_handler",
+    "get_handler",
+    "register_handler",
+    "registered_handlers",
+    "route_handlers",
+    "unregister_handler",
+]
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 
+Router = Callable[[str, dict[str, Any], TaskContext | None], Any]
+
 _handlers: dict[str, tuple[Handler, bool]] = {}  # task type -> (handler, takes a context)
 _lock = threading.Lock()
+_router: Router | None = None
 
 
 def register_handler(task_type: str, handler: H | None = None) -> Any:
@@ -64,8 +79,26 @@ def registered_handlers() -> list[str]:
     return sorted(_handlers)
 
 
-def call_handler(task_type: str, params: dict[str, Any], context: TaskContext | None = None) -> Any:
-    """Run the handler of ``task_type`` on ``params``; TaskError when none is registered."""
+def route_handlers(router: Router | None) -> None:
+    """Send every handler run of this process to ``router(task_type, params,
+    context)`` instead of calling the handler in the worker (None: call directly
+    again). One router at a time: setting a second one is a TaskError."""
+    global _router
+    with _lock:
+        if router is not None and _router is not None and _router != router:
+            raise TaskError("handler runs are already routed through another work queue; stop it first")
+        _router = router
+
+
+def call_handler(
+    task_type: str, params: dict[str, Any], context: TaskContext | None = None, *, direct: bool = False
+) -> Any:
+    """Run the handler of ``task_type`` on ``params``; TaskError when none is
+    registered. Goes through the router, if one is set, unless ``direct`` (what the
+    router's consumers use)."""
+    router = _router
+    if router is not None and not direct:
+        return router(task_type, params, context)
     entry = _handlers.get(task_type)
     if entry is None:
         known = ", ".join(sorted(_handlers)) or "none"

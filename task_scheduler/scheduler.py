@@ -45,10 +45,10 @@ from task_scheduler.logs import configure_logging
 from task_scheduler.maintenance import Maintenance
 from task_scheduler.monitoring import group_running, process_stats, task_status, totals
 from task_scheduler.registry import Registered, register
-from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule, resolve_timezone
+from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
 from task_scheduler.stores.base import Origin, Retry, RunRecord, RunState
-from task_scheduler.tasks import BaseTask, FunctionTask
+from task_scheduler.tasks import BaseTask
 
 __all__ = ["TaskScheduler"]
 
@@ -68,6 +68,10 @@ _EVENT_FOR_STATE = {
     RunState.SKIPPED: EventType.MAX_INSTANCES,
     RunState.INTERRUPTED: EventType.INTERRUPTED,
 }
+
+
+def _qualified_name(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
 
 
 class TaskScheduler:
@@ -226,28 +230,17 @@ class TaskScheduler:
         Give a rule, or exactly one of ``cron`` (an expression), ``interval``
         (seconds) or ``once`` (a datetime). ``task_id`` defaults to the function's
         module and qualified name; ``options`` are FunctionTask options
-        (``max_retries``, ``timeout``, ``max_instances`` ...)::
+        (``max_retries``, ``timeout``, ``max_instances`` ...). The same function
+        decorated again is one task; another function under a taken id is a
+        TaskError (`task_scheduler.decorators`)::
 
             @scheduler.scheduled(cron="*/5 * * * * *", max_retries=3)
             def sync_data() -> None: ...
         """
-        shorthands = [s for s in (cron, interval, once) if s is not None]
-        if (rule is None) == (not shorthands) or len(shorthands) > 1:
-            raise TaskError("scheduled() needs one of: a rule, cron=, interval=, once=")
-        if rule is None:
-            if cron is not None:
-                rule = CronRule(cron=cron)
-            elif interval is not None:
-                rule = IntervalRule(seconds=interval)
-            else:
-                rule = OnceRule(run_at=once)
+        from task_scheduler.decorators import scheduled
 
-        def decorate(func: F) -> F:
-            name = task_id or f"{func.__module__}.{func.__qualname__}"
-            self.add_task(FunctionTask(name, func.__name__, func, **options), rule)
-            return func
-
-        return decorate
+        return scheduled(rule, cron=cron, interval=interval, once=once, name=task_id, scheduler=self,
+                         default_name=_qualified_name, **options)  # fmt: skip
 
     def remove_task(self, task_id: str) -> None:
         """Unschedule a task (a run in progress finishes); its history is kept. A
