@@ -27,9 +27,9 @@ So a run's history, retries and counters mean what the handler did, not that an 
 was queued. The price: a waiting run holds a scheduler worker, so ``max_workers``
 bounds how many scheduled items can be in the queue at once.
 
-``task_done()`` without an argument completes the oldest item the calling thread
-took (else the oldest taken by any thread), like `queue.Queue.task_done`; pass the
-popped dict to name it. A consumer that never calls ``task_done`` for an item leaves
+``task_done()`` without an argument completes the item the calling thread took last
+(a worker's pop, process, task_done loop), else the oldest taken by any thread, like
+`queue.Queue.task_done`; pass the popped dict to name it. A consumer that never calls ``task_done`` for an item leaves
 its run waiting until the run's timeout.
 """
 
@@ -138,7 +138,7 @@ class WorkQueue:
 
     def task_done(self, task: Mapping[str, Any] | None = None, error: BaseException | str | None = None) -> None:
         """Mark a taken task done: ``task`` (the dict `pop_task` returned), else the
-        oldest one the calling thread took, else the oldest taken by any thread.
+        last one the calling thread took, else the oldest taken by any thread.
         ``error`` marks it failed (a scheduled run waiting for it is recorded
         failed with it). ValueError when no taken task is left, like `queue.Queue`."""
         with self._condition:
@@ -148,7 +148,7 @@ class WorkQueue:
                     raise ValueError(f"task {task.get('task_id')!r} was not taken from this queue or is done already")
             else:
                 mine = self._taken_by.get(threading.get_ident())
-                item = mine[0] if mine else next(iter(self._taken.values()), None)
+                item = mine[-1] if mine else next(iter(self._taken.values()), None)
                 if item is None:
                     raise ValueError("task_done() called more times than tasks were taken")
             self._forget(item)

@@ -301,3 +301,46 @@ def test_reads_still_answer_after_close(store: Store) -> None:
     assert [r.run_id for r in store.history("job")] == [run.run_id]
     assert store.run(run.run_id[-12:]) is not None and store.active_runs() == []
     assert isinstance(store.revision(), int) and store.nodes() == []
+
+
+# -- shared values (store.shared) -------------------------------------------------------
+
+
+def test_shared_values_set_get_replace_delete(store: Store) -> None:
+    shared = store.shared
+    shared.set("token", '"abc"', None)
+    shared.set("token", '"def"', T0 + timedelta(seconds=60))
+    assert shared.get("token", T0) == '"def"' and shared.get("missing", T0) is None
+    assert shared.keys(T0) == ["token"]
+    assert shared.delete("token") is True and shared.delete("token") is False
+    assert shared.get("token", T0) is None
+
+
+def test_shared_values_expire_at_their_time_for_every_read(store: Store) -> None:
+    shared = store.shared
+    shared.set("short", "1", T0 + timedelta(seconds=10))
+    shared.set("forever", "2", None)
+    assert shared.get("short", T0 + timedelta(seconds=9)) == "1"
+    assert shared.get("short", T0 + timedelta(seconds=10)) is None  # at its expiry it is gone
+    assert shared.keys(T0 + timedelta(seconds=10)) == ["forever"]
+    assert shared.keys(None) == ["forever", "short"]  # expired, not yet purged
+    assert shared.purge(T0 + timedelta(seconds=10)) == 1
+    assert shared.keys(None) == ["forever"]
+    assert shared.clear() == 1 and shared.keys(None) == []
+
+
+def test_shared_values_keep_any_text(store: Store) -> None:
+    text = '{"emoji": "\U0001f600", "cjk": "\u516c\u5171", "quote": "\'\\""}'
+    store.shared.set("\u952e", text, None)
+    assert store.shared.get("\u952e", T0) == text
+
+
+def test_sqlite_shared_values_are_seen_by_another_connection_and_survive_reopening(tmp_path: Path) -> None:
+    first, second = SQLiteStore(tmp_path / "state.db"), SQLiteStore(tmp_path / "state.db")
+    first.shared.set("cookie", '"SESSDATA=x"', T0 + timedelta(hours=1))
+    assert second.shared.get("cookie", T0) == '"SESSDATA=x"'
+    first.close()
+    second.close()
+    again = SQLiteStore(tmp_path / "state.db")
+    assert again.shared.keys(T0) == ["cookie"]
+    again.close()
