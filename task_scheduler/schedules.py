@@ -243,7 +243,7 @@ class ScheduleRule:
     def _common_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.timezone is not None:
-            data["timezone"] = getattr(self.timezone, "key", self.timezone)
+            data["timezone"] = getattr(self.timezone, "key", None) or str(self.timezone)  # JSON: a name
         if self.start is not None:
             data["start"] = self.start.isoformat()
         if self.end is not None:
