@@ -5,9 +5,13 @@ Loading is all-or-nothing: `load_config` either returns a fully validated config
 (jobs included: schedules parsed, scripts found inside ``allowed_script_dirs``) or
 raises `ConfigError`; the service never starts half configured.
 
+Files: JSON, TOML (``.toml``, standard library) or YAML (``.yaml``/``.yml``, with
+PyYAML: ``pip install 'task_scheduler[yaml]'``); all give the same shape.
+
 Environment overrides: ``TASK_SCHEDULER__SECTION__KEY=value`` (double underscores
-between levels, case-insensitive) sets ``section.key``; the value is read as JSON
-when it parses (``20``, ``true``, ``["a"]``) and as a string otherwise.
+between levels, case-insensitive) sets ``section.key``, and deeper names set deeper
+keys (``TASK_SCHEDULER__A__B__C`` sets ``a.b.c``); the value is read as JSON when it
+parses (``20``, ``true``, ``["a"]``) and as a string otherwise.
 
 Relative paths (``log_dir``, ``data_dir``, ``allowed_script_dirs``, a job's
 ``script_path`` and ``working_dir``, a SQLite store path) are relative to
@@ -201,6 +205,8 @@ def _parse(text: str, source: str) -> dict[str, Any]:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid TOML: {exc}", source=source) from exc
+    if source.endswith((".yaml", ".yml")):
+        return _parse_yaml(text, source)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -210,21 +216,41 @@ def _parse(text: str, source: str) -> dict[str, Any]:
     return data
 
 
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ConfigError(
+            "YAML configs need PyYAML: pip install 'task_scheduler[yaml]' (or use JSON or TOML)", source=source
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", source=source) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", source=source)
+    return data
+
+
 def _apply_env_overrides(data: dict[str, Any], environ: typing.Mapping[str, str], source: str | None) -> None:
     for name, raw in environ.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
-        if len(keys) != 2:
+        if len(keys) < 2:
             raise ConfigError("expected TASK_SCHEDULER__SECTION__KEY", source=f"environment variable {name}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        section = data.setdefault(keys[0], {})
-        if not isinstance(section, dict):
-            raise ConfigError("is not an object", source=source, key=keys[0])
-        section[keys[1]] = value
+        target = data
+        for depth, key in enumerate(keys[:-1]):
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"is not an object (set by {name})", source=source, key=".".join(keys[: depth + 1]))
+        target[keys[-1]] = value
 
 
 # -- semantic validation -----------------------------------------------------------
