@@ -47,7 +47,7 @@ def test_readme_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(index: int, checkout: Path) -> None:
-    if "run_forever()" in PYTHON_BLOCKS[index]:
+    if "run_forever()" in PYTHON_BLOCKS[index] or "await scheduler.start()" in PYTHON_BLOCKS[index]:
         # A service example: it runs until SIGTERM, then stops gracefully with exit 0.
         service = subprocess.Popen(
             [sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=checkout, env=_env(), stderr=subprocess.PIPE, text=True
