@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from bench import faces
 from bench.systems import SYSTEMS
 
 HERE = Path(__file__).resolve().parent
@@ -130,14 +131,29 @@ def machine() -> str:
     )
 
 
+def faces_table() -> str:
+    headers = ["measure", "ts decorator", "ts compat add_job", "aps add_job", "target"]
+    body = faces.rows(measure, fmt)
+    widths = [max(len(r[i]) for r in [headers, *body]) for i in range(len(headers))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in body]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run per scenario (no medians)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--only", choices=["faces"], help="run one group and print it (RESULTS.md is left alone)")
     options = parser.parse_args()
     started = time.monotonic()
+    if options.only == "faces":
+        print(faces_table())
+        print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
+        return
     rows, raw = collect(options.quick)
-    text = table(rows)
+    text = table(rows) + "\n\nThe faces' add paths (bench/faces.py):\n\n" + faces_table()
     print(text)
     about = machine()
     print(f"\n{about}; {time.monotonic() - started:.0f} s")

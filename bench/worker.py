@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from bench.faces import add_one_at_a_time
 from bench.systems import make
 
 SAMPLES: list[tuple[float, float]] = []  # (scheduled, lateness) in seconds
@@ -201,6 +202,7 @@ SCENARIOS = {
     "restart": restart,
     "restart_setup": restart_setup,
     "restart_load": restart_load,
+    "faces": add_one_at_a_time,
 }
 
 

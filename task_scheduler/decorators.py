@@ -78,7 +78,7 @@ _declared: dict[str, Declaration] = {}  # task id -> the latest declaration unde
 # -- declarations -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Declaration:
     """A decorated function: what to run, on which rule, with which task options."""
 
@@ -138,15 +138,20 @@ def _install(scheduler: TaskScheduler) -> None:
         _register(scheduler, declaration)
 
 
-def _register(scheduler: TaskScheduler, declaration: Declaration) -> None:
-    """Add ``declaration`` to ``scheduler``, replacing its own earlier decoration."""
+def _register(scheduler: TaskScheduler, declaration: Declaration, task: FunctionTask | None = None) -> None:
+    """Add ``declaration`` (as ``task``, when built already) to ``scheduler``,
+    replacing its own earlier decoration."""
+    task = task or declaration.task()
     try:
-        existing: BaseTask | None = scheduler.get_task(declaration.task_id)
-    except TaskNotFoundError:
-        existing = None
-    if existing is not None:
-        _check_same(declaration.task_id, existing, declaration.func)
-    scheduler.add_task(declaration.task(), declaration.rule, replace_existing=existing is not None)
+        scheduler.add_task(task, declaration.rule)  # the usual case: a new name (a failed add changes nothing)
+        return
+    except TaskError:
+        try:
+            existing = scheduler.get_task(declaration.task_id)
+        except TaskNotFoundError:
+            raise  # the add failed for another reason
+    _check_same(declaration.task_id, existing, declaration.func)
+    scheduler.add_task(task, declaration.rule, replace_existing=True)
 
 
 def _check_same(task_id: str, existing: Any, func: Callable[..., Any]) -> None:
@@ -212,9 +217,9 @@ def scheduled(
         task_id = name or (default_name(func) if default_name else func.__name__)
         shown = func.__name__ if default_name is not None else None
         declaration = Declaration(task_id, func, chosen_rule, dict(options), shown)
-        declaration.task()  # check the options now, at decoration time
+        task = declaration.task()  # checks the options now, at decoration time
         if scheduler is not None:
-            _register(scheduler, declaration)
+            _register(scheduler, declaration, task)
             return func
         with _lock:
             previous = _declared.get(task_id)
@@ -222,7 +227,7 @@ def scheduled(
                 _check_same(task_id, previous, func)
             target = _default
             if target is not None:
-                _register(target, declaration)
+                _register(target, declaration, task)
             _declared[task_id] = declaration
         return func
 

@@ -155,7 +155,7 @@ class BackgroundScheduler:
         if id is None and self.persistent:
             logger.warning("job %s added to a persistent job store without an id: every start adds another copy "
                            "unless you give it one (id=...)", job_id)  # fmt: skip
-        chosen = trigger_from(trigger, trigger_args)
+        chosen = trigger_from(trigger, trigger_args, self.timezone)
         now = self.task_scheduler.clock.now()
         if next_run_time is not UNSET and next_run_time is not None:
             next_run_time = self._aware(next_run_time)
@@ -173,11 +173,13 @@ class BackgroundScheduler:
                 options[key] = value
         task = FunctionTask(job_id, name or getattr(func, "__qualname__", None), func, args=args or (),
                             kwargs=kwargs or {}, **options)  # fmt: skip
-        exists = self._exists(job_id)
-        if exists and not replace_existing:
-            raise ConflictingIdError(f"Job identifier ({job_id}) conflicts with an existing job")
         rule = chosen.rule(now, self.timezone)
-        self.task_scheduler.add_task(task, rule, replace_existing=exists, persistent=self.persistent)
+        try:  # a failed add changes nothing
+            self.task_scheduler.add_task(task, rule, replace_existing=replace_existing, persistent=self.persistent)
+        except TaskError as exc:
+            if not replace_existing and self._exists(job_id):
+                raise ConflictingIdError(f"Job identifier ({job_id}) conflicts with an existing job") from exc
+            raise
         self._triggers[job_id] = (chosen, rule)
         if next_run_time is None:
             self.task_scheduler.pause_task(job_id)
@@ -273,7 +275,7 @@ class BackgroundScheduler:
     ) -> Job:
         """A new trigger; the next run is computed from it (a stored job's stored
         definition changes with it)."""
-        chosen = trigger_from(trigger, trigger_args)
+        chosen = trigger_from(trigger, trigger_args, self.timezone)
         rule = chosen.rule(self.task_scheduler.clock.now(), self.timezone)
         self._call(self.task_scheduler.reschedule_task, job_id, rule)
         self._triggers[job_id] = (chosen, rule)

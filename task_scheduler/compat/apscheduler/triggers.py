@@ -197,7 +197,11 @@ class DateTrigger(BaseTrigger):
 TRIGGERS: dict[str, type[BaseTrigger]] = {"cron": CronTrigger, "interval": IntervalTrigger, "date": DateTrigger}
 
 
-def trigger_from(trigger: str | BaseTrigger | None, trigger_args: Mapping[str, Any]) -> BaseTrigger:
+def trigger_from(
+    trigger: str | BaseTrigger | None, trigger_args: Mapping[str, Any], timezone: str | tzinfo | None = None
+) -> BaseTrigger:
+    """A trigger object from ``add_job``'s arguments; a trigger named by a string gets
+    the scheduler's ``timezone`` unless its arguments give one (as in APScheduler)."""
     if isinstance(trigger, BaseTrigger):
         if trigger_args:
             raise TaskError(f"unexpected arguments for a trigger object: {', '.join(sorted(trigger_args))}")
@@ -205,6 +209,8 @@ def trigger_from(trigger: str | BaseTrigger | None, trigger_args: Mapping[str, A
     kind = trigger or "date"
     if kind not in TRIGGERS:
         raise TaskError(f"unknown trigger {kind!r} (use 'cron', 'interval', 'date' or a trigger object)")
+    if timezone is not None and "timezone" not in trigger_args:
+        trigger_args = {**trigger_args, "timezone": timezone}
     try:
         return TRIGGERS[kind](**trigger_args)
     except TypeError as exc:
