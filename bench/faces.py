@@ -104,7 +104,7 @@ def rows(measure: Any, fmt: Any) -> list[list[str]]:
             aps_rate = values[2]["add_per_s"]
             table.append([f"{store}: {kind} adds/s, one at a time ({JOBS[store]:,} jobs)",
                           *[fmt(v["add_per_s"], 0) for v in values],
-                          "decorator, compat >= aps" + (" " if all(v["add_per_s"] >= aps_rate for v in values[:2])
-                                                        else " (missed)")])  # fmt: skip
+                          "decorator, compat >= aps" + ("" if all(v["add_per_s"] >= aps_rate for v in values[:2])
+                                                       else " (missed)")])  # fmt: skip
             table.append([f"{store}: {kind} bytes/job", *[fmt(v["bytes_per_job"], 0) for v in values], ""])
     return table
