@@ -13,7 +13,7 @@
 Each decorator returns the function unchanged and registers it as a `FunctionTask`
 (sync or ``async def``) on the **default scheduler** (`get_scheduler`), or on the one
 given as ``scheduler=``. The default is the `TaskScheduler` set with
-`set_default_scheduler` (an `task_scheduler.aio.AsyncScheduler` sets itself when it is
+`set_default_scheduler` (a `task_scheduler.aio.AsyncScheduler` sets itself when it is
 created), else a memory-store ``TaskScheduler()`` made on first use. Every decorated
 function is also remembered as a *declaration*, so a scheduler that becomes the
 default later picks up what was declared at import: decorate at module level, create

@@ -88,13 +88,19 @@ def test_cancelling_a_foreground_start_stops_the_core() -> None:
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
 def test_sigterm_stops_a_foreground_start() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+
+    async def terminate_once_handled() -> None:
+        await until(lambda: signal.getsignal(signal.SIGTERM) != before)  # never before the handler is in
+        os.kill(os.getpid(), signal.SIGTERM)
+
     async def main() -> AsyncScheduler:
         scheduler = AsyncScheduler()
-        asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+        killer = asyncio.create_task(terminate_once_handled())
         await asyncio.wait_for(scheduler.start(), 10)
+        await killer
         return scheduler
 
-    before = signal.getsignal(signal.SIGTERM)
     assert not asyncio.run(main()).running
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is removed again
 
