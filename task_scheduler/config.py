@@ -30,6 +30,7 @@ from typing import Any
 
 from task_scheduler.errors import ConfigError, TaskSchedulerError
 from task_scheduler.jobs import JobSpec
+from task_scheduler.redact import redact_text
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.tasks import Backoff, BaseTask
 from task_scheduler.validation import build
@@ -70,9 +71,13 @@ class SchedulerSection:
 
 @dataclass
 class StoreConfig:
-    url: str | None = None  # None: sqlite://DATA_DIR/state.db; or memory://, sqlite://PATH
+    url: str | None = None  # None: sqlite://DATA_DIR/state.db; or memory://, sqlite://PATH, postgresql://...
     lease_seconds: float = 30.0  # a run whose node stops renewing this long is INTERRUPTED
-    busy_timeout: float = 60.0  # seconds the service waits for another process's lock on a SQLite store
+    # Seconds the service waits at start for the store: another process's lock on a
+    # SQLite file, a PostgreSQL server that does not accept connections yet.
+    busy_timeout: float = 60.0
+    schema: str = "task_scheduler"  # PostgreSQL: the schema that holds the tables
+    clock: str = "database"  # PostgreSQL: due times follow the server's clock ("database") or each node's ("local")
 
 
 @dataclass
@@ -278,8 +283,11 @@ def _validate(config: SchedulerConfig) -> None:
     except TaskSchedulerError as exc:
         raise ConfigError(str(exc), source=source, key="scheduler.timezone") from exc
     url = config.store.url
-    check(url is None or re.match(r"^(memory://|sqlite://.)", url) is not None, "store.url",
-          f"unsupported store {url!r} (use memory:// or sqlite://PATH)")  # fmt: skip
+    check(url is None or re.match(r"^(memory://|sqlite://.|postgres(ql)?://)", url) is not None, "store.url",
+          f"unsupported store {redact_text(url or '')!r} (use memory://, sqlite://PATH or postgresql://)")  # fmt: skip
+    check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", config.store.schema) is not None, "store.schema",
+          "must be a plain PostgreSQL identifier (letters, digits and _)")  # fmt: skip
+    check(config.store.clock in ("database", "local"), "store.clock", "must be 'database' or 'local'")
     check(config.store.lease_seconds >= 1, "store.lease_seconds", "must be >= 1 second")
     check(config.store.busy_timeout > 0, "store.busy_timeout", "must be > 0 seconds")
     history = config.history

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from task_scheduler import ManualClock, SchedulerConfig, TaskScheduler
+from tests.pg import URL as POSTGRES_URL
+from tests.pg import pg_schema  # noqa: F401 - a fixture for every test module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,16 +34,21 @@ def write_script(base_dir: Path, name: str, body: str) -> Path:
     return path
 
 
-STORES = ["memory://", "sqlite://data/state.db"]
+STORES = ["memory://", "sqlite://data/state.db", POSTGRES_URL]
 
 
-@pytest.fixture(params=STORES, ids=["memory", "sqlite"])
+@pytest.fixture(params=STORES, ids=["memory", "sqlite", "postgres"])
 def config(base_dir: Path, request: pytest.FixtureRequest) -> SchedulerConfig:
-    """A config on each store: tests using it run once per store."""
+    """A config on each store: tests using it run once per store. On PostgreSQL each
+    test has a schema of its own, and the nodes' clocks are trusted ("local"), so a
+    ManualClock drives time there too."""
+    store: dict[str, object] = {"url": request.param}
+    if request.param == POSTGRES_URL:
+        store.update(schema=request.getfixturevalue("pg_schema"), clock="local")
     return SchedulerConfig.from_dict(
         {
             "scheduler": {"timezone": "UTC", "base_dir": str(base_dir), "max_workers": 4},
-            "store": {"url": request.param},
+            "store": store,
             "tasks": {"retry_jitter": 0},
             "logging": {"log_file": None},
         }

@@ -13,6 +13,7 @@ import pytest
 from task_scheduler import MemoryStore, RunState, StoreError, TaskNotFoundError
 from task_scheduler.stores import SQLiteStore, Store
 from task_scheduler.stores.base import NodeInfo, Retry, TaskDefinition
+from tests.pg import URL as POSTGRES_URL
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 NODE = "node-a"
@@ -32,9 +33,17 @@ def definition(
     return TaskDefinition(task_id, fingerprint, first, name=task_id.title(), schedule=fingerprint, **options)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "state.db")
+    store: Store
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "state.db")
+    else:
+        from task_scheduler.stores.postgres import PostgresStore
+
+        store = PostgresStore(POSTGRES_URL, schema=request.getfixturevalue("pg_schema"), clock="local")
     yield store
     store.close()
 
