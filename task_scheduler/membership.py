@@ -28,6 +28,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from task_scheduler.clock import Clock
@@ -83,20 +84,36 @@ class Membership:
     def beat_now(self) -> None:
         self._next_heartbeat = 0.0
 
+    def measure(self, node: NodeInfo) -> NodeInfo:
+        """Measure the skew once, when the node is created (its tasks' first fire
+        times are computed on the store's clock); returns ``node`` with its start time
+        corrected. A store that is down is left to the loop."""
+        try:
+            change = self._beat(node, (), node.heartbeat_at)
+        except StoreUnavailableError as exc:
+            logger.warning("%s; the node's clock skew is measured when it is back", exc)
+            return node
+        return replace(node, started_at=node.started_at - timedelta(seconds=change))
+
+    def _beat(self, node: NodeInfo, run_ids: Sequence[str], now: datetime) -> float:
+        """One heartbeat; returns the change of the skew (seconds)."""
+        before = self.clock.now()
+        server = self.store.heartbeat(node, run_ids, now + self.lease)
+        after = self.clock.now()
+        if server is None:
+            return 0.0
+        skew = (before + (after - before) / 2 - server).total_seconds()
+        change, self.skew, self.has_clock = skew - self.skew, skew, True
+        self._report_skew()
+        return change
+
     def heartbeat(self, node: NodeInfo, run_ids: Sequence[str], now: datetime) -> tuple[float, bool]:
         """Send a heartbeat. Returns the change of the skew (seconds; the caller's
         ``now`` moves back by it) and whether this node must register its tasks
         again (see the module doc). Raises StoreUnavailableError."""
         monotonic = self.clock.monotonic()
-        before = self.clock.now()
         self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
-        server = self.store.heartbeat(node, run_ids, now + self.lease)
-        after = self.clock.now()
-        change = 0.0
-        if server is not None:
-            skew = (before + (after - before) / 2 - server).total_seconds()
-            change, self.skew, self.has_clock = skew - self.skew, skew, True
-            self._report_skew()
+        change = self._beat(node, run_ids, now)
         rejoin = self._last_beat is not None and monotonic - self._last_beat > self.lease.total_seconds()
         self._last_beat = monotonic
         self.measured = True

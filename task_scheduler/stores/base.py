@@ -497,7 +497,9 @@ class Store(Protocol):
         """Store final outcomes of RUNNING rows, update counters, insert retries as
         SCHEDULED rows, and mark ONCE/max_runs tasks finished. An outcome for a row
         that is no longer RUNNING (another node already recorded it INTERRUPTED after
-        the lease lapsed) is kept as history, never lost, and counted once."""
+        the lease lapsed) is kept as history, never lost, and counted once. An outcome
+        for a row already final otherwise, or unknown, is ignored with its retry: the
+        same batch sent again after the connection broke during its commit."""
 
     def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
         """Note the process a RUNNING script run started (see `RunRecord.pid`)."""

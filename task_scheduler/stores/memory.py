@@ -188,14 +188,18 @@ class MemoryStore:
     def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
         with self._lock:
             retried = {retry.record.run_id for retry in retries}
+            taken = set()
             for record in records:
-                self._active.get(record.task_id, {}).pop(record.run_id, None)
+                active = self._active.get(record.task_id, {}).pop(record.run_id, None)
                 self._leases.pop(record.run_id, None)
                 if self._late.pop(record.run_id, 0) is None:
                     self._replace_interrupted(record, retried=record.run_id in retried)
-                else:
+                elif active is not None:
                     self._record_final(record, retried=record.run_id in retried)
-            for retry in retries:
+                else:
+                    continue  # written before (see Store.finish)
+                taken.add(record.run_id)
+            for retry in (retry for retry in retries if retry.record.run_id in taken):
                 previous = retry.record
                 again = RunRecord(
                     new_run_id(), previous.task_id, previous.scheduled_for, RunState.SCHEDULED,

@@ -353,3 +353,70 @@ def test_sqlite_shared_values_are_seen_by_another_connection_and_survive_reopeni
     again = SQLiteStore(tmp_path / "state.db")
     assert again.shared.keys(T0) == ["cookie"]
     again.close()
+
+
+# -- several nodes on one store -----------------------------------------------------------
+
+
+def test_a_node_claims_only_what_it_registered_and_the_last_rule_registered_wins(store: Store) -> None:
+    store.sync_tasks([definition("a")], "n1")
+    store.sync_tasks([definition("b")], "n2")
+    lease = T0 + timedelta(seconds=30)
+    first = store.claim_due(T0, 100, "n1", lease, EVERY_10_SECONDS).runs
+    second = store.claim_due(T0, 100, "n2", lease, EVERY_10_SECONDS).runs
+    assert [r.task_id for r in first] == ["a"] and [r.task_id for r in second] == ["b"]
+    for run in first + second:
+        run.state, run.finished_at = RunState.SUCCEEDED, T0
+    store.finish(first + second)
+    # A rolling deploy: n2 starts with a new rule for "a"; from then on only n2 runs it.
+    later = T0 + timedelta(seconds=60)
+    store.sync_tasks([definition("a", first=later, fingerprint="every 20s")], "n2")
+    assert store.claim_due(later, 100, "n1", later + timedelta(seconds=30), EVERY_10_SECONDS).runs == []
+    runs = store.claim_due(later, 100, "n2", later + timedelta(seconds=30), every(20)).runs
+    assert [(r.scheduled_for, r.node) for r in runs if r.task_id == "a"] == [(later, "n2")]
+
+
+def test_a_node_removing_a_task_leaves_it_to_the_others(store: Store) -> None:
+    store.sync_tasks([definition("a")], "n1")
+    store.sync_tasks([definition("a")], "n2")
+    store.remove_tasks(["a"], "n1")
+    assert "a" in store.task_states() and store.unschedule_unregistered() == []
+    assert [r.node for r in store.claim_due(T0, 10, "n2", T0 + timedelta(seconds=30), EVERY_10_SECONDS).runs] == ["n2"]
+    store.remove_tasks(["a"], "n2")
+    assert "a" not in store.task_states()
+
+
+def test_silent_nodes_are_reaped_with_their_registrations(store: Store) -> None:
+    store.sync_tasks([definition("a")], "n1")
+    store.sync_tasks([definition("b")], "n2")
+    store.heartbeat(NodeInfo("n1", "h1", 1, T0, T0), [], T0 + timedelta(seconds=30))
+    store.heartbeat(NodeInfo("n2", "h2", 2, T0, T0 + timedelta(seconds=90)), [], T0 + timedelta(seconds=120))
+    assert store.reap(T0 + timedelta(seconds=100), 30) == []
+    assert [n.node_id for n in store.nodes()] == ["n2"]
+    assert sorted(store.task_states()) == ["b"]  # nobody runs "a" any more
+
+
+def test_a_late_outcome_replaces_the_interruption(store: Store) -> None:
+    store.sync_tasks([definition(recover=True)], NODE)
+    [run] = claim(store, T0).runs
+    [reaped] = store.reap(T0 + timedelta(seconds=31), 30)  # the lease (30 s) lapsed: the node looks dead
+    assert reaped.state is RunState.INTERRUPTED and store.task_states()["job"].interrupted_count == 1
+    run.state, run.started_at, run.finished_at = RunState.SUCCEEDED, T0, T0 + timedelta(seconds=40)
+    store.finish([run])  # ... but it was only cut off from the store, and its run succeeded
+    [record] = store.history("job")
+    assert (record.run_id, record.state) == (run.run_id, RunState.SUCCEEDED)
+    state = store.task_states()["job"]
+    assert (state.interrupted_count, state.success_count, state.run_count) == (0, 1, 1)
+    [again] = claim(store, T0 + timedelta(seconds=31)).runs  # recover=True had queued the next attempt
+    assert (again.attempt, again.scheduled_for) == (2, T0)
+
+
+def test_an_outcome_sent_twice_is_counted_once(store: Store) -> None:
+    store.sync_tasks([definition(fingerprint="once")], NODE)
+    [run] = claim(store, T0, next_fire=once).runs
+    run.state, run.finished_at = RunState.FAILED, T0
+    store.finish([run], [Retry(run, T0 + timedelta(seconds=5))])
+    store.finish([run], [Retry(run, T0 + timedelta(seconds=5))])  # the commit's answer was lost: sent again
+    state = store.task_states()["job"]
+    assert (state.retry_count, len(store.history("job"))) == (1, 1)
+    assert len([r for r in store.active_runs() if r.state is RunState.SCHEDULED]) == 1
