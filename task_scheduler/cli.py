@@ -319,8 +319,9 @@ def _status(options: argparse.Namespace) -> int:
             state = "running" if node["alive"] else "not responding"
             skew = f", clock skew {node['skew']:+.3f}s" if node.get("skew") is not None else ""
             print(
-                f"service: {state}, pid {node['pid']} on {node['host']}, up {_duration(node['uptime_seconds'])}, "
-                f"{node['running_runs']} run(s) in progress, last heartbeat {node['heartbeat_at']}{skew}"
+                f"service: {state}, node {node['node_id']}, pid {node['pid']} on {node['host']}, started "
+                f"{node['started_at']} (up {_duration(node['uptime_seconds'])}), {node['running_runs']} run(s) in "
+                f"progress, last heartbeat {node['heartbeat_at']}{skew}"
             )
         print(f"runs: {report['running_runs']} running, {report['queued_runs']} queued")
     return EXIT_OK if report["alive"] else EXIT_FAILED

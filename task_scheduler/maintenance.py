@@ -5,7 +5,8 @@ host are stopped (their leftover script process groups) and recorded INTERRUPTED
 config and code tasks that no node defines any more are unscheduled. Then, each on
 its own period of the monotonic clock so it costs nothing on most steps
 (`Maintenance.step`): the heartbeat renews this node's leases (every lease/3) and
-reaps dead nodes' runs; old history is pruned (every 10 minutes, on a background
+measures its clock skew, dead nodes' runs are reaped (see membership.py for both,
+and for store outages); old history is pruned (every 10 minutes, on a background
 thread: a large prune is many short transactions and the loop keeps claiming
 between them); wall-clock jumps are noticed and logged.
 """
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 from task_scheduler.clock import Clock
 from task_scheduler.config import SchedulerConfig
 from task_scheduler.errors import TaskSchedulerError
+from task_scheduler.membership import Membership
 from task_scheduler.stores import Store
 from task_scheduler.stores.base import NodeInfo, RunRecord, RunState
 from task_scheduler.tasks import stop_process_group
@@ -38,7 +40,8 @@ class Maintenance:
     """Heartbeat, reaping, pruning and start-up recovery for one node.
 
     ``running_ids()`` lists the run ids this node is running (their leases are
-    renewed); ``emit(record, now)`` reports runs it recorded INTERRUPTED.
+    renewed); ``emit(record, now)`` reports runs it recorded INTERRUPTED;
+    ``membership`` sends the heartbeats and knows whether the store is reachable.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Maintenance:
         clock: Clock,
         running_ids: Callable[[], list[str]],
         emit: Callable[[RunRecord, datetime], None],
+        membership: Membership,
     ) -> None:
         self.store = store
         self.config = config
@@ -58,8 +62,8 @@ class Maintenance:
         self.host = socket.gethostname()
         self._running_ids = running_ids
         self._emit = emit
+        self.membership = membership
         self._node: NodeInfo | None = None
-        self._next_heartbeat = 0.0  # on the monotonic clock
         self._next_prune = 0.0
         self._pruner: threading.Thread | None = None
         self._last_step: tuple[datetime, float] | None = None
@@ -87,7 +91,12 @@ class Maintenance:
         stale = self.store.unschedule_unregistered()
         if stale:
             logger.info("unscheduled %d stored task(s) no longer registered: %s", len(stale), ", ".join(stale))
-        self._next_heartbeat = 0.0
+        self.membership.beat_now()
+
+    def measure_skew(self) -> None:
+        """Measure this node's clock skew against the store before it registers its
+        first tasks (their first fire times follow the store's clock)."""
+        self._node = self.membership.measure(self._node_info(self.clock.now()))
 
     def _stop_leftovers(self, dead_nodes: set[str]) -> None:
         """Stop the process groups that scripts of dead processes on this host left
@@ -117,12 +126,10 @@ class Maintenance:
     def step(self, now: datetime) -> None:
         """Renew leases and reap, prune; each when its period has passed."""
         monotonic = self.clock.monotonic()
-        if monotonic >= self._next_heartbeat:
-            self._next_heartbeat = monotonic + self.lease.total_seconds() / 3
-            self.store.heartbeat(self._node_info(now), self._running_ids(), now + self.lease)
-            for record in self.store.reap(now, self.lease.total_seconds()):
-                logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
-                self._emit(record, now)
+        now = self.membership.keep_alive(self._node_info, self._running_ids(), now)
+        for record in self.membership.reap(now):
+            logger.warning("task %s run %s interrupted: %s", record.task_id, record.run_id, record.error)
+            self._emit(record, now)
         if monotonic >= self._next_prune and not (self._pruner and self._pruner.is_alive()):
             self._next_prune = monotonic + PRUNE_EVERY
             history = self.config.history
@@ -171,5 +178,6 @@ class Maintenance:
             self._node = NodeInfo(
                 self.node_id, self.host, os.getpid(), now, now, self.config.source, self.store.location
             )
-        self._node = replace(self._node, heartbeat_at=now)
+        skew = self.membership.skew if self.membership.has_clock else None
+        self._node = replace(self._node, heartbeat_at=now, skew=skew)
         return self._node

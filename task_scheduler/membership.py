@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -44,13 +44,28 @@ _FIRST_RETRY, _LAST_RETRY = 0.5, 15.0
 
 
 class Membership:
-    """Heartbeat, skew, reap timing and the store's availability for one node."""
+    """Heartbeat, skew, reap timing and the store's availability for one node.
 
-    def __init__(self, store: Store, clock: Clock, lease: timedelta, check_interval: float) -> None:
+    ``definitions()`` lists the tasks this node runs (registered again by `rejoin`);
+    `outbox` holds the outcomes the store has not taken yet.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        node_id: str,
+        lease: timedelta,
+        check_interval: float,
+        definitions: Callable[[], Sequence[TaskDefinition]],
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.node_id = node_id
         self.lease = lease
         self.check_interval = check_interval
+        self.outbox = Outbox()
+        self._definitions = definitions
         self.skew = 0.0  # seconds: this node's wall clock minus the store's
         self.has_clock = False  # whether the store reported a clock of its own
         self.measured = False  # a heartbeat succeeded (and measured the skew if it could)
@@ -78,8 +93,42 @@ class Membership:
         """Seconds until the next heartbeat (or probe of a store that is down)."""
         return max(0.0, self._next_heartbeat - self.clock.monotonic())
 
-    def heartbeat_due(self) -> bool:
-        return self.clock.monotonic() >= self._next_heartbeat
+    def keep_alive(self, node: Callable[[datetime], NodeInfo], run_ids: Sequence[str], now: datetime) -> datetime:
+        """Send the heartbeat when it is due (or probe a store that is down); after
+        it, register the tasks again if needed and write the waiting outcomes. Returns
+        ``now`` moved by the change of the skew it measured."""
+        if self.clock.monotonic() < self._next_heartbeat:
+            return now
+        try:
+            change, rejoin = self.heartbeat(node(now), [*run_ids, *self.outbox.run_ids()], now)
+            now -= timedelta(seconds=change)
+            if rejoin:
+                self.rejoin(self._definitions())
+            self.outbox.flush(self.store)  # before anything new is claimed
+        except StoreUnavailableError as exc:
+            self.lost(exc, len(run_ids))
+        return now
+
+    def reap(self, now: datetime) -> list[RunRecord]:
+        """Runs of dead nodes recorded INTERRUPTED, when reaping is due."""
+        monotonic = self.clock.monotonic()
+        if not self.ready or monotonic < self._next_reap:
+            return []
+        self._next_reap = monotonic + min(self.lease.total_seconds() / 3, self.check_interval)
+        try:
+            return self.store.reap(now, self.lease.total_seconds())
+        except StoreUnavailableError as exc:
+            self.lost(exc)
+            return []
+
+    def write(self, records: list[RunRecord], retries: list[Retry]) -> None:
+        """Hand outcomes to the store, or keep them in the outbox while it is down."""
+        self.outbox.add(records, retries)
+        if self.available:
+            try:
+                self.outbox.flush(self.store)
+            except StoreUnavailableError as exc:
+                self.lost(exc)
 
     def beat_now(self) -> None:
         self._next_heartbeat = 0.0
@@ -120,21 +169,14 @@ class Membership:
         self._back()
         return change, rejoin
 
-    def reap_due(self) -> bool:
-        monotonic = self.clock.monotonic()
-        if not self.ready or monotonic < self._next_reap:
-            return False
-        self._next_reap = monotonic + min(self.lease.total_seconds() / 3, self.check_interval)
-        return True
-
-    def rejoin(self, node_id: str, definitions: Sequence[TaskDefinition]) -> None:
+    def rejoin(self, definitions: Sequence[TaskDefinition]) -> None:
         """Register this node's tasks again: those whose stored rule is still this
         node's, and those unscheduled meanwhile. A rule another node registered in
         the meantime stays (the last registration wins; this node then does not run
         that task until it is restarted or reloaded with the same rule)."""
         stored = self.store.task_states()
         mine = [d for d in definitions if d.task_id not in stored or stored[d.task_id].fingerprint == d.fingerprint]
-        self.store.sync_tasks(mine, node_id)
+        self.store.sync_tasks(mine, self.node_id)
         others = len(definitions) - len(mine)
         logger.warning(
             "this node's heartbeats did not reach the store for over %ss: registered %d task(s) again%s",
@@ -143,17 +185,18 @@ class Membership:
             f" ({others} now run by another node's newer definition)" if others else "",
         )
 
-    def lost(self, exc: StoreUnavailableError, running: int, buffered: int) -> None:
-        """The store failed with ``exc``: log it once per outage, schedule a probe."""
+    def lost(self, exc: StoreUnavailableError, running: int | None = None) -> None:
+        """The store failed with ``exc``: log it once per outage, schedule a probe.
+        ``running``: how many runs this node has going (for the log line)."""
         monotonic = self.clock.monotonic()
         if self._down_since is None:
             self._down_since, self._retry_delay = monotonic, _FIRST_RETRY
             logger.warning(
-                "%s; claiming stops, %d running run(s) go on, their outcomes are kept until the store is back "
+                "%s; claiming stops, running runs go on (%s), their outcomes are kept until the store is back "
                 "(%d waiting); retrying with backoff",
                 exc,
-                running,
-                buffered,
+                "?" if running is None else running,
+                len(self.outbox),
             )
         else:
             self._retry_delay = min(self._retry_delay * 2, _LAST_RETRY)

@@ -37,17 +37,18 @@ from typing import Any, TypeVar
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
 from task_scheduler.dispatch import Dispatcher
-from task_scheduler.errors import ConfigError, TaskError, TaskNotFoundError, TaskSchedulerError
+from task_scheduler.errors import ConfigError, StoreUnavailableError, TaskError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, retry_for
 from task_scheduler.jobs import JobSpec, UnresolvedTask, spec_of
 from task_scheduler.logs import configure_logging
 from task_scheduler.maintenance import Maintenance
+from task_scheduler.membership import Membership
 from task_scheduler.monitoring import group_running, process_stats, task_status, totals
 from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
-from task_scheduler.stores.base import Origin, Retry, RunRecord, RunState
+from task_scheduler.stores.base import Origin, Retry, RunRecord, RunState, TaskDefinition
 from task_scheduler.tasks import BaseTask
 
 __all__ = ["TaskScheduler"]
@@ -116,13 +117,24 @@ class TaskScheduler:
         self._signal_stop = threading.Event()
         self._reload_requested = threading.Event()
         self._loop_thread: threading.Thread | None = None
-        self._dispatcher = Dispatcher(settings.max_workers, self.clock.now, self._wake.set, self.store.record_process)
+        # This node in the store: heartbeats, clock skew, store outages (membership.py).
+        self._membership = Membership(
+            self.store, self.clock, self.node_id, self.lease, settings.check_interval, self._definitions
+        )
+        self._dispatcher = Dispatcher(settings.max_workers, self._now, self._wake.set, self.store.record_process)
         self._started_at: float | None = None
         self._stopped = False
         self._claim_limit = max(500, settings.max_workers * 50)
         self._maintenance = Maintenance(
-            self.store, self.config, self.node_id, self.clock, lambda: list(self._dispatcher.active), self._emit
+            self.store,
+            self.config,
+            self.node_id,
+            self.clock,
+            lambda: list(self._dispatcher.active),
+            self._emit,
+            self._membership,
         )
+        self._maintenance.measure_skew()
         self._recovered = False
         self._wake_at: datetime | None = None  # when the loop wakes next on its own (None: not known)
         self._revision = self.store.revision()
@@ -183,7 +195,7 @@ class TaskScheduler:
 
     def _add(self, items: list[_Item], origin: Origin, replace_existing: bool = False) -> None:
         self._check_running()
-        now = self.clock.now()
+        now = self._now()
         entries = [
             register(task, rule, self.config, self.timezone, now, origin, spec, problem)
             for task, rule, spec, problem in items
@@ -283,7 +295,7 @@ class TaskScheduler:
         max_instances by waiting, never by being dropped."""
         self._check_running()
         self._get(task_id)
-        record = self.store.request_run(task_id, self.clock.now(), self.node_id)
+        record = self.store.request_run(task_id, self._now(), self.node_id)
         self._wake.set()
         return record.run_id
 
@@ -318,20 +330,36 @@ class TaskScheduler:
     # -- the loop -------------------------------------------------------------------
     def run_due(self, now: datetime | None = None) -> float:
         """One loop step: collect finished runs, enforce timeouts, claim and submit
-        due occurrences. Returns the seconds the loop may sleep before the next step."""
-        now = now or self.clock.now()
-        self._maintenance.notice_clock_jump(now)
-        if not self._recovered:
+        due occurrences. Returns the seconds the loop may sleep before the next step.
+        Without ``now``, the time is the clock's corrected by this node's skew against
+        the store (membership.py). While the store cannot be reached, runs go on and
+        nothing is claimed."""
+        fixed = now is not None
+        now = now or self._now()
+        self._maintenance.notice_clock_jump(now + timedelta(seconds=self._membership.skew))  # the node's own clock
+        if not self._recovered and self._membership.available:
             self._recovered = True
-            self._maintenance.recover(now)
+            try:
+                self._maintenance.recover(now)
+            except StoreUnavailableError as exc:
+                self._recovered = False
+                self._membership.lost(exc, len(self._dispatcher.active))
         self._collect_finished(now)
         self._dispatcher.enforce_timeouts(now)
         self._maintenance.step(now)
-        self._poll_jobs()
+        if not fixed:  # read again: the skew may be new, and recovery or a slow store may have taken time
+            now = self._now()
         interval = self.config.scheduler.check_interval
         if self._stopping.is_set():
             return interval
-        claim = self.store.claim_due(now, self._claim_limit, self.node_id, now + self.lease, self._next_fire)
+        if not (self._recovered and self._membership.ready):  # nothing is claimed before the skew is known
+            return min(interval, self._membership.retry_in())
+        try:
+            self._poll_jobs()
+            claim = self.store.claim_due(now, self._claim_limit, self.node_id, now + self.lease, self._next_fire)
+        except StoreUnavailableError as exc:
+            self._membership.lost(exc, len(self._dispatcher.active))
+            return min(interval, self._membership.retry_in())
         if claim.recorded:
             _log_recorded(claim.recorded)
             for record in claim.recorded:
@@ -364,6 +392,14 @@ class TaskScheduler:
             self._next_unresolved_retry = monotonic + min(30.0, RETRY_UNRESOLVED * self.config.scheduler.check_interval)
             self._retry_unresolved()
 
+    def _now(self) -> datetime:
+        """The wall clock corrected by this node's skew against the store."""
+        return self._membership.now()
+
+    def _definitions(self) -> list[TaskDefinition]:
+        with self._lock:
+            return [entry.definition for entry in self._entries.values()]
+
     def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
         entry = self._entries.get(task_id)
         return entry.rule.next_fire_time(after) if entry else None
@@ -373,7 +409,7 @@ class TaskScheduler:
         if entry is None:  # removed from this process between claim and submit
             record.state, record.finished_at = RunState.FAILED, now
             record.error = "task is not registered in this process"
-            self.store.finish([record])
+            self._membership.write([record], [])
             return
         self._dispatcher.submit(record, entry, now)
         if self._events:
@@ -392,7 +428,7 @@ class TaskScheduler:
                 retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
                 if retry is not None:
                     retries.append(retry)
-        self.store.finish(records, retries)
+        self._membership.write(records, retries)  # kept in its outbox while the store is down
         self._dispatcher.collected(len(records))
         for retry in retries:
             record = retry.record
@@ -421,7 +457,7 @@ class TaskScheduler:
         loop thread, if started, may collect the outcomes first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._collect_finished(self.clock.now())
+            self._collect_finished(self._now())
             if self._dispatcher.in_flight == 0:
                 return True
             if not self._dispatcher.wait(deadline):
@@ -440,6 +476,7 @@ class TaskScheduler:
             raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
         self._dispatcher.start()
         self._started_at = time.monotonic()
+        self.store.watch(self._wake.set)  # another process added, triggered or resumed a task
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)
         self._loop_thread.start()
         logger.info(
@@ -531,9 +568,19 @@ class TaskScheduler:
         if not wait or not self.wait_for_runs(limit):
             self._dispatcher.cancel_all(CANCEL_SHUTDOWN)
             self.wait_for_runs(self.config.tasks.kill_grace + 1.0)
-        now = self.clock.now()
+        now = self._now()
         self._collect_finished(now)
-        for record in self.store.leave(self.node_id, now, "the scheduler stopped before the run finished"):
+        try:
+            self._membership.outbox.flush(self.store)  # a last try, even if the store was down
+            left = self.store.leave(self.node_id, now, "the scheduler stopped before the run finished")
+        except StoreUnavailableError as exc:
+            left = []
+            logger.error(
+                "%s: %d outcome(s) could not be written; their runs are recorded INTERRUPTED when their leases end",
+                exc,
+                len(self._membership.outbox),
+            )
+        for record in left:
             logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
             self._emit(record, now)
         self._dispatcher.shutdown()
