@@ -103,8 +103,8 @@ def collect(quick: bool) -> tuple[list[list[str]], dict[str, Any]]:
     return rows, raw
 
 
-def table(rows: list[list[str]]) -> str:
-    headers = ["measure", *SYSTEMS, "target"]
+def table(rows: list[list[str]], headers: list[str] | None = None) -> str:
+    headers = headers or ["measure", *SYSTEMS, "target"]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -145,15 +145,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run per scenario (no medians)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
-    parser.add_argument("--only", choices=["faces"], help="run one group and print it (RESULTS.md is left alone)")
+    parser.add_argument(
+        "--only", choices=["faces", "cluster"], help="run one group and print it (RESULTS.md is left alone)"
+    )
     options = parser.parse_args()
     started = time.monotonic()
+    from bench import cluster
+
     if options.only == "faces":
         print(faces_table())
         print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
         return
+    if options.only == "cluster":
+        cluster_rows, cluster_raw = cluster.collect()
+        print(table(cluster_rows, cluster.HEADERS) if cluster_rows else "cluster scenario skipped")
+        print(f"\n{machine()}; {time.monotonic() - started:.0f} s\n{json.dumps(cluster_raw, indent=1, default=str)}")
+        return
     rows, raw = collect(options.quick)
     text = table(rows) + "\n\nThe faces' add paths (bench/faces.py):\n\n" + faces_table()
+    cluster_rows, raw["cluster"] = cluster.collect()
+    if cluster_rows:
+        text += "\n\nPostgreSQL cluster (`bench/cluster.py`):\n\n" + table(cluster_rows, cluster.HEADERS)
     print(text)
     about = machine()
     print(f"\n{about}; {time.monotonic() - started:.0f} s")
@@ -163,7 +175,7 @@ def main() -> None:
             f"{about}.\n\nCommand: `python -m bench`. Scale rows: 100,000 jobs on the memory stores, 10,000 on "
             "the SQLite stores. Systems: task_scheduler (`ts-`) and APScheduler 3 BackgroundScheduler (`aps-`), "
             "10 worker threads (4 for scripts), default settings.\n\n"
-            f"{text}\n\n## Raw\n\n```json\n{json.dumps(raw, indent=1)}\n```\n"
+            f"{text}\n\n## Raw\n\n```json\n{json.dumps(raw, indent=1, default=str)}\n```\n"
         )
 
 

@@ -8,6 +8,7 @@ otherwise: the point is what a user gets out of the box.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,10 +25,18 @@ class TaskSchedulerSystem:
         from task_scheduler import SchedulerConfig, TaskScheduler
 
         url = "memory://" if store == "memory" else "sqlite://state.db"
+        settings: dict[str, Any] = {"url": url}
+        self.schema: str | None = None
+        if store == "postgres":  # only in the cluster scenario (bench/cluster.py): a fresh schema, dropped at stop
+            from bench.cluster import URL, execute
+
+            self.schema = f"bench_{os.getpid()}"
+            execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+            settings = {"url": URL, "schema": self.schema}
         self.config = SchedulerConfig.from_dict(
             {
                 "scheduler": {"base_dir": str(directory), "timezone": "UTC", "max_workers": workers},
-                "store": {"url": url},
+                "store": settings,
                 "tasks": {"allowed_script_dirs": None},
                 "logging": {"log_file": None, "console": False},
             }
@@ -82,6 +91,10 @@ class TaskSchedulerSystem:
 
     def stop(self) -> None:
         self.scheduler.stop(wait=True, timeout=30)
+        if self.schema is not None:
+            from bench.cluster import execute
+
+            execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
 class APSchedulerSystem:

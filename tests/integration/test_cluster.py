@@ -165,7 +165,11 @@ def test_a_killed_node_s_runs_are_interrupted_and_recovered_elsewhere_once(
         scripts = children()
         second = Node(tmp_path, "b", pg_schema, jobs).start()
         cluster.append(second)
-        assert wait_for(lambda: second.node_id in {n.node_id for n in store.nodes()}, 30)
+
+        def looping() -> bool:  # b's loop sent a heartbeat: its start-up recovery is over
+            return any(n.node_id == second.node_id and n.heartbeat_at > n.started_at for n in store.nodes())
+
+        assert wait_for(looping, 30)
         killed_at = time.monotonic()
         first.kill()
 
@@ -181,7 +185,7 @@ def test_a_killed_node_s_runs_are_interrupted_and_recovered_elsewhere_once(
         active = store.active_runs()
         assert sorted((r.task_id, r.attempt, r.node) for r in active) == [
             (f"slow{i}", 2, second.node_id) for i in range(4)
-        ]
+        ], second.log[-3000:]
         interrupted = store.history(state=RunState.INTERRUPTED)
         assert sorted((r.task_id, r.attempt) for r in interrupted) == [(f"slow{i}", 1) for i in range(4)]
         assert all("lease" in (r.error or "") for r in interrupted)
