@@ -124,7 +124,8 @@ def machine() -> str:
         pass
     import os
 
-    versions = ", ".join(f"{name} {version(name)}" for name in ("task_scheduler", "APScheduler", "SQLAlchemy"))
+    names = ("task_scheduler", "APScheduler", "SQLAlchemy", "psycopg")
+    versions = ", ".join(f"{name} {_version(name)}" for name in names)
     return (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()} on {platform.system()} {platform.release()}; {versions}"
@@ -139,6 +140,15 @@ def faces_table() -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in body]
     return "\n".join(lines)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def main() -> None:
