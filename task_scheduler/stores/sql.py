@@ -42,7 +42,15 @@ from task_scheduler.stores.base import (
     record_for,
     recovery_of,
 )
-from task_scheduler.stores.sql_queries import REGISTERED, RUN_COLUMNS, TASK_COLUMNS, Dialect, Session, SQLQueries
+from task_scheduler.stores.sql_queries import (
+    REGISTERED,
+    RUN_COLUMNS,
+    TASK_COLUMNS,
+    TASK_COLUMNS_OF_T,
+    Dialect,
+    Session,
+    SQLQueries,
+)
 
 __all__ = ["Dialect", "SQLStore", "Session"]
 
@@ -252,14 +260,15 @@ class SQLStore(SQLQueries):
                 [(node, lease_db, run_id) for run_id in starts],
             )
             claim.runs.extend(self._runs(db, starts))
+            # The rows as locked (the latest versions): states and definitions in one read.
             due = db.execute(
-                f"SELECT t.task_id FROM tasks t {REGISTERED} WHERE {d.live} AND next_run_at <= ? "
+                f"SELECT {TASK_COLUMNS_OF_T}, t.options FROM tasks t {REGISTERED} WHERE {d.live} AND next_run_at <= ? "
                 f"ORDER BY next_run_at LIMIT ?{d.lock(of='t', skip=True)}",
                 (node, now_db, max(0, limit - len(claim.runs))),
             ).fetchall()
-            states = self._states(db, [task_id for (task_id,) in due])  # locked by the query above
+            states = {row[0]: self._state(row[:-1]) for row in due}
+            definitions = {row[0]: TaskDefinition.from_options(row[0], row[1], json.loads(row[-1])) for row in due}
             running.update(self._running_counts(db, [task_id for task_id in states if task_id not in running]))
-            definitions = self._definitions(db, list(states))
             writes = _ClaimWrites()
             for task_id, state in states.items():
                 self._claim_task(db, definitions[task_id], state, now, node, running, next_fire, claim, writes)
@@ -323,7 +332,7 @@ class SQLStore(SQLQueries):
             taken = {r.run_id for r in records}
             retries = [retry for retry in retries if retry.record.run_id in taken]
             retried = {retry.record.run_id for retry in retries}
-            states = self._states(db, sorted({r.task_id for r in records}), include_removed=True, lock=True)
+            states, definitions = self._locked_tasks(db, {r.task_id for r in records})
             db.executemany(
                 "UPDATE runs SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, error = ?, output = ?, "
                 "cpu_user = ?, cpu_system = ?, max_rss = ?, lease_until = NULL, due_at = NULL WHERE run_id = ?",
@@ -349,7 +358,6 @@ class SQLStore(SQLQueries):
             ]  # fmt: skip
             for record, retry in zip(again, retries, strict=True):
                 self._insert_runs(db, [record], due_at=d.to_db(retry.due_at))
-            definitions = self._definitions(db, list(states))
             for state in states.values():
                 if exhausted(definitions[state.task_id], state):
                     state.next_run_at = None
@@ -444,8 +452,7 @@ class SQLStore(SQLQueries):
             "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ?, lease_until = NULL WHERE run_id = ?",
             [(self.dialect.to_db(now), reason, record.run_id) for record in records],
         )
-        states = self._states(db, sorted({r.task_id for r in records}), include_removed=True, lock=True)
-        definitions = self._definitions(db, list(states))
+        states, definitions = self._locked_tasks(db, {r.task_id for r in records})
         recovered: list[RunRecord] = []
         for record in records:
             if record.task_id in states:
@@ -487,6 +494,21 @@ class SQLStore(SQLQueries):
                 query = f"DELETE FROM runs WHERE task_id = ? AND (finished_at, run_id) < (?, ?) AND {final}"
                 removed += db.execute(query, (task_id, *cutoff)).rowcount
         return removed
+
+    def _locked_tasks(self, db: Session, task_ids: set[str]) -> tuple[dict[str, TaskState], dict[str, TaskDefinition]]:
+        """The states and definitions of ``task_ids`` (removed ones too), their rows
+        locked for update in task_id order, to be written back."""
+        states: dict[str, TaskState] = {}
+        definitions: dict[str, TaskDefinition] = {}
+        locking = self.dialect.lock("task_id")
+        for chunk in self._chunks(sorted(task_ids)):
+            marks = self.dialect.marks(len(chunk))
+            for row in db.execute(
+                f"SELECT {TASK_COLUMNS}, options FROM tasks WHERE task_id IN ({marks}){locking}", chunk
+            ):
+                states[row[0]] = self._state(row[:-1])
+                definitions[row[0]] = TaskDefinition.from_options(row[0], row[1], json.loads(row[-1]))
+        return states, definitions
 
     def _write_states(self, db: Session, states: list[TaskState]) -> None:
         to_db = self.dialect.to_db

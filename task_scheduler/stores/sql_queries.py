@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from task_scheduler.stores.base import NodeInfo, Origin, RunRecord, RunState, TaskDefinition, TaskState
+from task_scheduler.stores.base import NodeInfo, Origin, RunRecord, RunState, TaskState
 
-__all__ = ["RUN_COLUMNS", "TASK_COLUMNS", "REGISTERED", "Dialect", "SQLQueries", "Session"]
+__all__ = ["RUN_COLUMNS", "TASK_COLUMNS", "TASK_COLUMNS_OF_T", "REGISTERED", "Dialect", "SQLQueries", "Session"]
 
 TASK_COLUMNS = (
     "task_id, fingerprint, name, schedule, next_run_at, paused, finished, run_count, success_count, failure_count, "
     "retry_count, missed_count, skipped_count, interrupted_count, total_duration, last_run_at, last_state, "
     "last_error, last_duration, origin, problem"
 )
+TASK_COLUMNS_OF_T = ", ".join(f"t.{column.strip()}" for column in TASK_COLUMNS.split(","))  # for joins
 RUN_COLUMNS = (
     "run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual, "
     "pid, pid_started, cpu_user, cpu_system, max_rss"
@@ -144,31 +145,18 @@ class SQLQueries:
         for start in range(0, len(items), size):
             yield items[start : start + size]
 
-    def _states(
-        self, db: Session, task_ids: list[str] | None, include_removed: bool = False, lock: bool = False
-    ) -> dict[str, TaskState]:
-        """The states of ``task_ids`` (all when None); ``lock``: for update, to be
-        written back (the caller passes them sorted)."""
+    def _states(self, db: Session, task_ids: list[str] | None, include_removed: bool = False) -> dict[str, TaskState]:
+        """The states of ``task_ids`` (all when None)."""
         d = self.dialect
         live = "" if include_removed else f" AND removed = {d.false}"
         if task_ids is None:
             query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE {d.true}{live}"
             return {row[0]: self._state(row) for row in db.execute(query)}
         states: dict[str, TaskState] = {}
-        locking = d.lock("task_id") if lock else ""
         for chunk in self._chunks(task_ids):
-            query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ({d.marks(len(chunk))}){live}{locking}"
+            query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ({d.marks(len(chunk))}){live}"
             states.update((row[0], self._state(row)) for row in db.execute(query, chunk))
         return states
-
-    def _definitions(self, db: Session, task_ids: list[str]) -> dict[str, TaskDefinition]:
-        definitions = {}
-        for chunk in self._chunks(task_ids):
-            marks = self.dialect.marks(len(chunk))
-            query = f"SELECT task_id, fingerprint, options FROM tasks WHERE task_id IN ({marks})"
-            for task_id, fingerprint, options in db.execute(query, chunk):
-                definitions[task_id] = TaskDefinition.from_options(task_id, fingerprint, json.loads(options))
-        return definitions
 
     def _runs(self, db: Session, run_ids: list[str]) -> list[RunRecord]:
         """The rows of ``run_ids``, in that order."""
@@ -206,20 +194,17 @@ class SQLQueries:
         return db.execute(query, (task_id,)).fetchone() is not None
 
     def _next_due(self, db: Session, node: str) -> datetime | None:
-        """The earliest due time among ``node``'s tasks: the due-time index is walked
-        in order and stops at the first task the node registered."""
-        task_row = db.execute(
-            f"SELECT t.next_run_at FROM tasks t {REGISTERED} WHERE {self.dialect.live} AND t.next_run_at IS NOT NULL "
-            "ORDER BY t.next_run_at LIMIT 1",
-            (node,),
+        """The earliest due time among ``node``'s tasks and SCHEDULED runs, in one
+        statement (one round trip to a server): each due-time index is walked in order
+        and stops at the first row of a task the node registered."""
+        row = db.execute(
+            f"SELECT (SELECT t.next_run_at FROM tasks t {REGISTERED} WHERE {self.dialect.live} "
+            "AND t.next_run_at IS NOT NULL ORDER BY t.next_run_at LIMIT 1), "
+            f"(SELECT r.due_at FROM runs r JOIN tasks t USING (task_id) {REGISTERED} "
+            "WHERE r.state = 'scheduled' ORDER BY r.due_at LIMIT 1)",
+            (node, node),
         ).fetchone()
-        run_row = db.execute(
-            f"SELECT r.due_at FROM runs r JOIN tasks t USING (task_id) {REGISTERED} "
-            "WHERE r.state = 'scheduled' ORDER BY r.due_at LIMIT 1",
-            (node,),
-        ).fetchone()
-        task_due, run_due = (row[0] if row else None for row in (task_row, run_row))
-        candidates = [value for value in (task_due, run_due) if value is not None]
+        candidates = [value for value in row if value is not None]
         return self.dialect.from_db(min(candidates)) if candidates else None
 
     def _state(self, row: Sequence[Any]) -> TaskState:
