@@ -192,6 +192,19 @@ class _Session:
                 cursor.executemany(_placeholders(query), rows)
 
 
+class _PoolNoise(logging.Filter):
+    """psycopg's pool logs a warning for every failed attempt to reconnect and every
+    connection it drops after the server went away; the scheduler reports an outage
+    itself, once (membership.py). So the pool's warnings from this store's threads
+    (named task-scheduler...) are dropped; its errors are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not (record.threadName or "").startswith("task-scheduler")
+
+
+_POOL_NOISE = _PoolNoise()
+
+
 def _lock_key(name: str) -> int:
     """A stable 64-bit advisory lock key for ``name``."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
@@ -235,6 +248,7 @@ class PostgresStore(SQLStore):
             # So that pg_stat_activity tells which node holds which connection.
             self._connect_options["application_name"] = f"task-scheduler {socket.gethostname()}:{os.getpid()}"
         self._migrate(wait)
+        logging.getLogger("psycopg.pool").addFilter(_POOL_NOISE)  # (once: a filter is added only once)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
