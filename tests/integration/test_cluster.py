@@ -235,9 +235,15 @@ def test_every_connection_of_a_node_cut_mid_run_loses_and_duplicates_nothing(
         store.close()
 
 
-def test_three_nodes_starting_at_once_on_an_empty_database(tmp_path: Path, pg_schema: str, cluster: list[Node]) -> None:
-    jobs = [tick(f"t{i}", 1) for i in range(20)]
-    cluster += [Node(tmp_path, f"n{k}", pg_schema, jobs) for k in range(3)]
+def test_three_nodes_starting_at_once_on_an_empty_database_and_the_cli_on_the_cluster(
+    tmp_path: Path, pg_schema: str, cluster: list[Node]
+) -> None:
+    """Three nodes start together on a database without the schema: one schema, no
+    errors. The CLI sees the whole cluster, and a trigger, a pause and a resume act
+    on it; a trigger wakes the nodes at once (LISTEN/NOTIFY), not at their next
+    check_interval (5 s here)."""
+    jobs = [*[tick(f"t{i}", 1) for i in range(20)], tick("hourly", 3600)]
+    cluster += [Node(tmp_path, f"n{k}", pg_schema, jobs, check_interval=5) for k in range(3)]
     for node in cluster:
         node.start()
     store = None
@@ -247,10 +253,25 @@ def test_three_nodes_starting_at_once_on_an_empty_database(tmp_path: Path, pg_sc
         store = reader(pg_schema)
         assert wait_for(lambda: len(store.nodes()) == 3, 30)
         assert execute(f"SELECT version FROM {pg_schema}.schema_version") == [(1,)]
-        status = cluster[0].cli_json("status")
+        cli = cluster[0]
+        status = cli.cli_json("status")
         assert status["alive"] and len(status["nodes"]) == 3 and all(n["alive"] for n in status["nodes"])
         assert all(n["skew"] is not None and abs(n["skew"]) < 1 for n in status["nodes"])
-        assert len(cluster[0].cli_json("list")) == 20
+        assert "clock skew" in cli.cli("status").stdout
+        assert len(cli.cli_json("list")) == 21
+        time.sleep(1)  # the nodes went to sleep for up to check_interval
+        triggered = time.monotonic()
+        cli.cli_json("trigger", "hourly")
+        assert wait_for(lambda: store.history("hourly"), 10, interval=0.02)
+        print(f"\na triggered run finished {time.monotonic() - triggered:.2f}s after the trigger (check_interval 5s)")
+        assert time.monotonic() - triggered < 3  # (the CLI process itself takes ~1 s to start)
+        assert cli.cli_json("pause", "t0")["paused"] and cli.cli_json("show", "t0")["status"] == "paused"
+        paused_at = datetime.now(UTC)
+        time.sleep(2)
+        assert not [r for r in store.history("t0") if r.scheduled_for > paused_at + timedelta(seconds=1)]
+        assert not cli.cli_json("resume", "t0")["paused"]
+        assert wait_for(lambda: any(r.scheduled_for > paused_at for r in store.history("t0")), 10)
+        assert [r["task_id"] for r in cli.cli_json("history", "hourly")] == ["hourly"]
         for node in cluster:
             node.stop()
             assert "ERROR" not in node.log, node.log[-3000:]
