@@ -142,6 +142,7 @@ class Membership:
         except StoreUnavailableError as exc:
             logger.warning("%s; the node's clock skew is measured when it is back", exc)
             return node
+        self._last_beat = self.clock.monotonic()  # (started much later, the node may have been reaped meanwhile)
         return replace(node, started_at=node.started_at - timedelta(seconds=change))
 
     def _beat(self, node: NodeInfo, run_ids: Sequence[str], now: datetime) -> float:
