@@ -337,8 +337,19 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._connection() as connection:
-            yield _Session(connection)
+        """A pooled connection in autocommit; after `close`, a connection of its own,
+        so that a stopped scheduler still reports its final state (writes after close
+        raise StoreError)."""
+        if not self._closed:
+            with self._connection() as connection:
+                yield _Session(connection)
+            return
+        try:
+            with psycopg.connect(self.url, autocommit=True, **self._connect_options) as connection:
+                self._configure(connection)
+                yield _Session(connection)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: psycopg.Error) -> StoreUnavailableError:
         lost = not isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.QueryCanceled)
