@@ -52,6 +52,7 @@ from psycopg_pool import ConnectionPool
 from task_scheduler.errors import StoreError, StoreUnavailableError
 from task_scheduler.redact import redact_text
 from task_scheduler.stores.sql import Dialect, Session, SQLStore
+from task_scheduler.stores.sqlite_shared import SQLiteSharedValues
 
 __all__ = ["PostgresStore"]
 
@@ -259,6 +260,8 @@ class PostgresStore(SQLStore):
             name=f"task-scheduler:{schema}",
             open=False,
         )
+        # The shared key-value store: the SQLite store's SQL, with times as timestamptz.
+        self.shared = SQLiteSharedValues(self._transaction, to_db=_same)
         try:
             self._pool.open(wait=True, timeout=max(2.0, wait))
         except psycopg.OperationalError as exc:

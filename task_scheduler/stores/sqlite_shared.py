@@ -5,14 +5,19 @@ connection and lock, so a value written by one process is read by every other
 process on the file, and survives restarts. Expiry times are integer microseconds
 since the epoch, like every time in the file; reads filter expired rows out, so
 `purge` only reclaims space.
+
+The same SQL serves the PostgreSQL store (its session takes these ``?`` placeholders,
+its times are ``timestamptz``): it passes its own ``to_db``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from task_scheduler.stores.sql_queries import Session
 
 __all__ = ["SQLiteSharedValues"]
 
@@ -26,13 +31,16 @@ def _to_db(moment: datetime) -> int:
 
 class SQLiteSharedValues:
     """The `SharedValues` contract on the store's SQLite connection. ``transaction``
-    is the store's one-transaction context manager."""
+    is the store's one-transaction context manager; ``to_db`` stores a time."""
 
-    def __init__(self, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]) -> None:
+    def __init__(
+        self, transaction: Callable[[], AbstractContextManager[Session]], to_db: Callable[[datetime], Any] = _to_db
+    ) -> None:
         self._transaction = transaction
+        self._to_db = to_db
 
     def set(self, key: str, value: str, expires_at: datetime | None) -> None:
-        until = None if expires_at is None else _to_db(expires_at)
+        until = None if expires_at is None else self._to_db(expires_at)
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO shared_values (key, value, expires_at) VALUES (?, ?, ?) "
@@ -44,13 +52,13 @@ class SQLiteSharedValues:
         with self._transaction() as db:
             row = db.execute(
                 "SELECT value FROM shared_values WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (key, _to_db(now)),
+                (key, self._to_db(now)),
             ).fetchone()
         return None if row is None else str(row[0])
 
     def delete(self, key: str) -> bool:
         with self._transaction() as db:
-            return db.execute("DELETE FROM shared_values WHERE key = ?", (key,)).rowcount > 0
+            return int(db.execute("DELETE FROM shared_values WHERE key = ?", (key,)).rowcount) > 0
 
     def keys(self, now: datetime | None) -> list[str]:
         with self._transaction() as db:
@@ -59,14 +67,14 @@ class SQLiteSharedValues:
             else:
                 rows = db.execute(
                     "SELECT key FROM shared_values WHERE expires_at IS NULL OR expires_at > ? ORDER BY key",
-                    (_to_db(now),),
+                    (self._to_db(now),),
                 ).fetchall()
         return [str(key) for (key,) in rows]
 
     def purge(self, now: datetime) -> int:
         with self._transaction() as db:
-            return db.execute("DELETE FROM shared_values WHERE expires_at <= ?", (_to_db(now),)).rowcount
+            return int(db.execute("DELETE FROM shared_values WHERE expires_at <= ?", (self._to_db(now),)).rowcount)
 
     def clear(self) -> int:
         with self._transaction() as db:
-            return db.execute("DELETE FROM shared_values").rowcount
+            return int(db.execute("DELETE FROM shared_values").rowcount)

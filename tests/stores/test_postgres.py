@@ -200,3 +200,14 @@ def test_a_node_with_a_wrong_clock_fires_on_the_database_clock(
     assert latest < 1.0, f"a run started {latest:.3f}s after it was due"
     assert node.skew is not None and abs(node.skew - offset) < 0.5
     assert any(("ahead of" if offset > 0 else "behind") in r.getMessage() for r in caplog.records)
+
+
+def test_shared_values_are_seen_by_another_node_and_survive_reopening(pg_schema: str) -> None:
+    first, second = open_store(pg_schema), open_store(pg_schema)
+    first.shared.set("cookie", '"SESSDATA=x"', T0 + timedelta(hours=1))
+    assert second.shared.get("cookie", T0) == '"SESSDATA=x"'
+    first.close()
+    second.close()
+    again = open_store(pg_schema)
+    assert again.shared.keys(T0) == ["cookie"]
+    again.close()
