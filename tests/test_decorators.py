@@ -186,6 +186,6 @@ def test_stats_agree_with_the_store(scheduler: TaskScheduler, clock: ManualClock
     stats = decorators.get_stats(scheduler)
     assert stats["total_tasks"] == 2 and stats["max_workers"] == 4 and stats["running"] is False
     assert stats["queue_size"] == 0 and stats["active_workers"] == 0
-    assert stats["backend"] in ("MemoryStore", "SQLiteStore") and len(stats["tasks"]) == 2
+    assert stats["backend"] in ("MemoryStore", "SQLiteStore", "PostgresStore") and len(stats["tasks"]) == 2
     with pytest.raises(TaskNotFoundError):
         decorators.get_task("nope", scheduler)
