@@ -6,6 +6,7 @@ are in tests/integration/test_cluster.py.)"""
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +212,23 @@ def test_shared_values_are_seen_by_another_node_and_survive_reopening(pg_schema:
     again = open_store(pg_schema)
     assert again.shared.keys(T0) == ["cookie"]
     again.close()
+
+
+def test_config_names_the_store_keys_and_the_missing_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from task_scheduler import ConfigError
+    from task_scheduler.stores import open_store as open_configured
+
+    def config(**store: object) -> SchedulerConfig:
+        return SchedulerConfig.from_dict({"store": {"url": URL, **store}, "scheduler": {"base_dir": str(tmp_path)}})
+
+    with pytest.raises(ConfigError, match=r"store\.clock: must be 'database' or 'local'"):
+        config(clock="ntp")
+    with pytest.raises(ConfigError, match=r"store\.schema: must be a plain PostgreSQL identifier"):
+        config(schema="a; DROP TABLE x")
+    with pytest.raises(ConfigError, match=r"unsupported store 'mysql://me:\*\*\*@db/x'") as caught:
+        SchedulerConfig.from_dict({"store": {"url": "mysql://me:pw@db/x"}})
+    assert "pw" not in str(caught.value)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the [postgres] extra were not installed
+    monkeypatch.delitem(sys.modules, "task_scheduler.stores.postgres", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'task_scheduler\[postgres\]'"):
+        open_configured(config())
