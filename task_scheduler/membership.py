@@ -72,6 +72,7 @@ class Membership:
         self._next_heartbeat = 0.0  # monotonic
         self._next_reap = 0.0
         self._last_beat: float | None = None
+        self._must_rejoin = False  # until the tasks are registered again (see rejoin)
         self._down_since: float | None = None
         self._retry_delay = _FIRST_RETRY
         self._skew_reported = 0.0
@@ -102,8 +103,10 @@ class Membership:
         try:
             change, rejoin = self.heartbeat(node(now), [*run_ids, *self.outbox.run_ids()], now)
             now -= timedelta(seconds=change)
-            if rejoin:
+            self._must_rejoin = self._must_rejoin or rejoin
+            if self._must_rejoin:
                 self.rejoin(self._definitions())
+                self._must_rejoin = False
             self.outbox.flush(self.store)  # before anything new is claimed
         except StoreUnavailableError as exc:
             self.lost(exc, len(run_ids))
