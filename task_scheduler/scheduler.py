@@ -121,7 +121,7 @@ class TaskScheduler:
         self._membership = Membership(
             self.store, self.clock, self.node_id, self.lease, settings.check_interval, self._definitions
         )
-        self._dispatcher = Dispatcher(settings.max_workers, self._now, self._wake.set, self.store.record_process)
+        self._dispatcher = Dispatcher(settings.max_workers, self._now, self._wake.set, self._record_process)
         self._started_at: float | None = None
         self._stopped = False
         self._claim_limit = max(500, settings.max_workers * 50)
@@ -395,6 +395,14 @@ class TaskScheduler:
     def _now(self) -> datetime:
         """The wall clock corrected by this node's skew against the store."""
         return self._membership.now()
+
+    def _record_process(self, run_id: str, pid: int, pid_started: float) -> None:
+        """Note a script's process (for a restart's clean-up); skipped while the store
+        cannot be reached: the outage is reported once, by membership.py."""
+        try:
+            self.store.record_process(run_id, pid, pid_started)
+        except StoreUnavailableError:
+            logger.debug("process %d of run %s not recorded: the store is unavailable", pid, run_id)
 
     def _definitions(self) -> list[TaskDefinition]:
         with self._lock:
