@@ -266,7 +266,8 @@ class PostgresStore(SQLStore):
             self._pool.open(wait=True, timeout=max(2.0, wait))
         except psycopg.OperationalError as exc:
             self._pool.close()
-            raise StoreUnavailableError(f"cannot connect to the PostgreSQL store {self.location}: {exc}") from exc
+            problem = redact_text(str(exc)).strip()
+            raise StoreUnavailableError(f"cannot connect to the PostgreSQL store {self.location}: {problem}") from exc
 
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         """Every new connection: our schema first in the search path, times in UTC."""
