@@ -67,6 +67,9 @@ class SchedulerSection:
     data_dir: str = "data"
     node_id: str | None = None  # default: hostname:pid
     python_path: list[str] = field(default_factory=list)  # importable for function/class jobs, besides base_dir
+    # At start, move what exists (modules, config, tasks) out of the garbage
+    # collector's generations (gc.freeze): full collections then skip it.
+    gc_freeze: bool = True
 
 
 @dataclass

@@ -44,6 +44,15 @@ def run_context(task_id: str, run_id: str) -> Iterator[None]:
         _run.reset(token)
 
 
+def enter_run(task_id: str, run_id: str) -> contextvars.Token[tuple[str, str] | None]:
+    """`run_context` without the generator, for the per-run hot path; pair with `leave_run`."""
+    return _run.set((task_id, run_id))
+
+
+def leave_run(token: contextvars.Token[tuple[str, str] | None]) -> None:
+    _run.reset(token)
+
+
 class RunContextFilter(logging.Filter):
     """Adds ``task_id`` and ``run_id`` (None outside a run) to each record."""
 

@@ -22,6 +22,7 @@ disagree with itself.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -124,7 +125,12 @@ class TaskScheduler:
         self._dispatcher = Dispatcher(settings.max_workers, self._now, self._wake.set, self._record_process)
         self._started_at: float | None = None
         self._stopped = False
+        # Claims grow from a few runs per worker to _claim_limit while occurrences keep
+        # coming: the first runs of a burst start without waiting for a large batch to
+        # be claimed, and a long burst is still claimed in large batches.
         self._claim_limit = max(500, settings.max_workers * 50)
+        self._first_claim = 2 * settings.max_workers
+        self._claim_batch = self._first_claim
         self._maintenance = Maintenance(
             self.store,
             self.config,
@@ -356,7 +362,7 @@ class TaskScheduler:
             return min(interval, self._membership.retry_in())
         try:
             self._poll_jobs()
-            claim = self.store.claim_due(now, self._claim_limit, self.node_id, now + self.lease, self._next_fire)
+            claim = self.store.claim_due(now, self._claim_batch, self.node_id, now + self.lease, self._next_fire)
         except StoreUnavailableError as exc:
             self._membership.lost(exc, len(self._dispatcher.active))
             return min(interval, self._membership.retry_in())
@@ -369,8 +375,13 @@ class TaskScheduler:
             self._submit(record, now)
         self._dispatcher.start_delayed(now)
         if claim.more:
+            # Let the workers take the GIL now: the loop would otherwise keep it for a
+            # whole switch interval (5 ms) claiming the next batch before any run starts.
+            time.sleep(0)
+            self._claim_batch = min(self._claim_limit, 4 * self._claim_batch)
             self._wake_at = now
             return 0.0
+        self._claim_batch = self._first_claim
         wake_times = [when for when in (claim.next_due, self._dispatcher.next_wake()) if when is not None]
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
@@ -483,6 +494,13 @@ class TaskScheduler:
         if self._stopped:
             raise TaskSchedulerError("a stopped scheduler cannot be started again; create a new one")
         self._dispatcher.start()
+        if self.config.scheduler.gc_freeze:
+            # What exists now (modules, config, registered tasks) lives as long as the
+            # process: take it out of the collector's generations, so that a full
+            # collection does not scan it (26 ms with 1,000 tasks: the largest firing
+            # delay). Collected first, so no garbage cycle is kept.
+            gc.collect()
+            gc.freeze()
         self._started_at = time.monotonic()
         self.store.watch(self._wake.set)  # another process added, triggered or resumed a task
         self._loop_thread = threading.Thread(target=self._loop, name="task-scheduler-loop", daemon=True)

@@ -352,8 +352,36 @@ def decide(
     assert state.next_run_at is not None
     if exhausted(definition, state):
         return Decision(None, [], None, None)
+    # The common case, decided without lists: one occurrence due, within grace, and
+    # room to run it.
+    first = state.next_run_at
+    if first > now:  # not due (stores only ask for due tasks)
+        return Decision(None, [], None, first)
+    following = next_fire(definition.task_id, first)
+    grace = definition.misfire_grace_time
+    if (
+        (following is None or following > now)
+        and (grace is None or (now - first).total_seconds() <= grace)
+        and definition.max_runs is None
+        and running < definition.max_instances
+    ):
+        return Decision(first, [], None, following)
+    return _decide_all(definition, state, now, running, next_fire, following)
+
+
+def _decide_all(
+    definition: TaskDefinition,
+    state: TaskState,
+    now: datetime,
+    running: int,
+    next_fire: NextFire,
+    following: datetime | None,
+) -> Decision:
+    """`decide` for every other case: list the due occurrences, then apply the policy."""
+    assert state.next_run_at is not None
     due: list[datetime] = []
-    fire: datetime | None = state.next_run_at
+    due.append(state.next_run_at)
+    fire = following
     while fire is not None and fire <= now and len(due) < MAX_LISTED_OCCURRENCES:
         due.append(fire)
         fire = next_fire(definition.task_id, fire)
