@@ -1,13 +1,15 @@
 """Handing claimed runs to worker threads and collecting their outcomes.
 
-The scheduler's loop claims occurrences from the store; the `Dispatcher` runs them.
-Claimed runs go to a queue that at most ``max_workers`` "drains" on a
-ThreadPoolExecutor empty, one run after another: the same concurrency as a future per
-run, at a fraction of the cost per run. A run with jitter waits in a heap here (not in
-a worker) until its start time; a function run with a timeout has a deadline in
-another heap, and the loop cancels it when the deadline passes (scripts enforce
-their own timeout and kill their process group). Finished runs are collected by the
-loop in batches: one wake-up per batch, not per run.
+The scheduler's loop claims occurrences from the store; the `Dispatcher` runs them on
+``max_workers`` named worker threads that wait on one `queue.SimpleQueue`: handing a
+run over is one ``put`` that wakes one waiting thread (no future per run, no
+executor bookkeeping on the path between a due time and the start of its run), and
+a busy worker takes the next queued run without sleeping. The threads are started
+with the scheduler; queued runs are cancelled on stop. A run with jitter waits in a
+heap here (not in a worker) until its start time; a function run with a timeout has
+a deadline in another heap, and the loop cancels it when the deadline passes
+(scripts enforce their own timeout and kill their process group). Finished runs are
+collected by the loop in batches: one wake-up per batch, not per run.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from queue import SimpleQueue
 
 from task_scheduler.execution import CANCEL_TIMEOUT, execute_attempt
 from task_scheduler.registry import Registered
@@ -42,7 +44,8 @@ class Active:
     record: RunRecord
     context: TaskContext
     entry: Registered
-    deadline: datetime | None = None
+    deadline: datetime | None = None  # when the loop cancels it (a function run with a timeout)
+    started_at: datetime | None = None  # when a worker began it (set by that worker)
 
 
 class Dispatcher:
@@ -68,22 +71,19 @@ class Dispatcher:
         self._finished: deque[RunRecord] = deque()
         self._delayed: list[tuple[datetime, str]] = []  # (start_at, run_id): runs waiting for their jitter
         self._deadlines: list[tuple[datetime, str]] = []  # (deadline, run_id) of function runs
-        self._queue: deque[Active] = deque()  # launched runs waiting for a drain (see module doc)
-        self._drains = 0
+        self._queue: SimpleQueue[Active | None] = SimpleQueue()  # launched runs; None stops a worker
+        self._workers: list[threading.Thread] = []
         self._in_flight = 0  # launched runs whose outcome is not collected yet
         self._progress = threading.Condition(threading.Lock())
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._start_lock = threading.Lock()
 
     def start(self) -> None:
-        """Create the worker pool now (instead of at the first run)."""
-        self._pool()
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="task-worker")
-            return self._executor
+        """Start the worker threads (idempotent; the first run starts them too)."""
+        with self._start_lock:
+            while len(self._workers) < self.max_workers:
+                worker = threading.Thread(target=self._work, name=f"task-worker-{len(self._workers)}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
 
     # -- submitting -------------------------------------------------------------------
     def submit(self, record: RunRecord, entry: Registered, now: datetime) -> Active:
@@ -118,34 +118,25 @@ class Dispatcher:
         if entry.timeout is not None and not isinstance(entry.task, ScriptTask):
             active.deadline = now + timedelta(seconds=entry.timeout)
             heapq.heappush(self._deadlines, (active.deadline, active.record.run_id))
-        self._queue.append(active)
         with self._progress:
             self._in_flight += 1
-            start_drain = self._drains < self.max_workers
-            if start_drain:
-                self._drains += 1
-        if start_drain:
-            self._pool().submit(self._drain)
+        if not self._workers:
+            self.start()
+        self._queue.put(active)
 
-    def _drain(self) -> None:
-        """A worker: run queued runs until the queue is empty. (deque append and
-        popleft are atomic; the lock only guards the decision to exit, so a run
-        queued meanwhile is never stranded.)"""
+    def _work(self) -> None:
+        """A worker thread: run queued runs, one after another, until told to stop."""
         while True:
-            try:
-                active = self._queue.popleft()
-            except IndexError:
-                with self._progress:
-                    if self._queue:
-                        continue
-                    self._drains -= 1
-                    return
+            active = self._queue.get()
+            if active is None:
+                return
             if active.context.cancelled:  # cancelled (replace, stop) before it started
                 record = active.record
                 record.state, record.finished_at = RunState.INTERRUPTED, self._now()
                 record.error = f"interrupted before it started: {active.context.cancel_reason}"
                 final = record
             else:
+                active.started_at = self._now()
                 final = execute_attempt(active.entry.task, active.record, active.context, self._now)
             with self._progress:
                 self._finished.append(final)
@@ -156,11 +147,19 @@ class Dispatcher:
 
     # -- the loop's side --------------------------------------------------------------
     def enforce_timeouts(self, now: datetime) -> None:
-        """Cancel function runs past their deadline."""
+        """Cancel function runs past their deadline. A timeout counts from the start
+        of the run: the first check is ``timeout`` after launch, and a run that was
+        still waiting for a worker then is looked at again when its own time is up."""
         while self._deadlines and self._deadlines[0][0] <= now:
             _, run_id = heapq.heappop(self._deadlines)
             active = self.active.get(run_id)
-            if active is None or active.context.cancelled:
+            if active is None or active.context.cancelled or active.context.timeout is None:
+                continue
+            started = active.started_at
+            due = (started or now) + timedelta(seconds=active.context.timeout)
+            if due > now:  # not started yet, or started after it was launched
+                active.deadline = due
+                heapq.heappush(self._deadlines, (due, run_id))
                 continue
             logger.warning(
                 "task %s run %s passed its timeout of %ss; cancelling",
@@ -202,7 +201,7 @@ class Dispatcher:
     @property
     def queued(self) -> int:
         """Launched runs waiting for a free worker."""
-        return len(self._queue)
+        return self._queue.qsize()
 
     def next_wake(self) -> datetime | None:
         """The earliest jitter start or function deadline, if any."""
@@ -221,5 +220,9 @@ class Dispatcher:
         self.cancel(list(self.active), reason)
 
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker threads once they are done with what they run (idempotent;
+        does not wait: a function that ignores its cancel event keeps its thread)."""
+        with self._start_lock:
+            workers, self._workers = self._workers, []
+        for _ in workers:
+            self._queue.put(None)

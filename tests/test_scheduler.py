@@ -212,11 +212,15 @@ def test_retry_is_a_timed_occurrence_with_backoff(scheduler: TaskScheduler, cloc
 
 
 def test_function_timeout_sets_cancel_and_records_timed_out(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    started = threading.Event()
+
     def cooperative(context: TaskContext) -> None:
+        started.set()
         context.cancel_event.wait(30)
 
     scheduler.add_task(FunctionTask("slow", "slow", cooperative, timeout=5, max_retries=0), OnceRule(run_at=T0))
     scheduler.run_due()
+    assert started.wait(10)  # a timeout counts from the start of the run
     clock.advance(6)
     scheduler.run_due()  # past the deadline: the loop cancels it
     assert scheduler.wait_for_runs(10)
