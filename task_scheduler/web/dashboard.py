@@ -207,13 +207,11 @@ def index(app: WebApp, _: list[str], query: dict[str, str]) -> Reply:
 def task_page(app: WebApp, values: list[str], _: dict[str, str]) -> Reply:
     now = datetime.now(UTC)
     try:
-        task = monitoring.task_detail(app.store, values[0], HISTORY)
-    except Exception as exc:
-        from task_scheduler.errors import TaskNotFoundError
-
-        if isinstance(exc, TaskNotFoundError):
-            return _page(app, "Not found", f'<h1>No task {h(values[0])}</h1><p><a href="/">All tasks</a></p>', 404)
-        raise
+        task = read_store(monitoring.task_detail, app.store, values[0], HISTORY)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return _page(app, "Not found", f'<h1>No task {h(values[0])}</h1><p><a href="/">All tasks</a></p>', 404)
     facts = [
         ("Status", _badge(task["status"])),
         ("Schedule", h(task["schedule"])),

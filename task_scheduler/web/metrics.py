@@ -34,7 +34,15 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -65,6 +73,9 @@ class ServiceMetrics:
         from task_scheduler import __version__
 
         self.scheduler = scheduler
+        # No ``*_created`` series: they double the per-task series and nobody alerts on
+        # them. (A process-wide switch of prometheus_client; the service owns its process.)
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
         self.runs = Counter("task_scheduler_runs", "Finished runs by task and outcome.", ["task", "outcome"],
