@@ -34,7 +34,11 @@ PAGE_SIZE = 100
 RECENT = 12  # runs in the index's duration bars
 HISTORY = 50  # runs on a task's page
 TAIL_LINES = 40  # output lines shown per run on a task's page
-_STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+_STATIC = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
 _HTML = "text/html; charset=utf-8"
 
 

@@ -87,6 +87,7 @@ def _cases(run_id: str) -> list[tuple[str, str, str, str | None, int]]:
         ("get", "/runs/{run_id}", "/runs/ffffffffffffffff", None, 404),
         ("get", "/static/{name}", "/static/dashboard.css", None, 200),
         ("get", "/static/{name}", "/static/dashboard.js", None, 200),
+        ("get", "/static/{name}", "/static/favicon.svg", None, 200),
         ("get", "/static/{name}", "/static/secrets.txt", None, 404),
     ]
 
