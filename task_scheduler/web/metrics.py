@@ -75,7 +75,7 @@ class ServiceMetrics:
         self.scheduler = scheduler
         # No ``*_created`` series: they double the per-task series and nobody alerts on
         # them. (A process-wide switch of prometheus_client; the service owns its process.)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
         self.runs = Counter("task_scheduler_runs", "Finished runs by task and outcome.", ["task", "outcome"],
