@@ -159,7 +159,7 @@ class Notifier:
         self._base_dir = base_dir
         self._clock = clock
         self._incoming: deque[tuple[float, str, SchedulerEvent]] = deque()
-        self._retried: dict[str, float] = {}  # run_id -> when its RETRY was seen
+        self._retried: dict[str, tuple[float, datetime | None]] = {}  # run_id -> (seen at, retry at)
         self._deliveries: list[_Delivery] = []
         self._sequence = itertools.count()
         self._condition = threading.Condition()
@@ -191,7 +191,7 @@ class Notifier:
         now = self._clock()
         with self._condition:
             if event.type is EventType.RETRY:
-                self._retried[event.run.run_id] = now
+                self._retried[event.run.run_id] = (now, event.retry_at)
                 return
             kind = _KIND.get(event.type)
             if kind is None:
@@ -254,11 +254,12 @@ class Notifier:
         ready: list[tuple[str, SchedulerEvent] | _Delivery] = []
         while self._incoming and (force or self._incoming[0][0] + HOLD_SECONDS <= now):
             _, kind, event = self._incoming.popleft()
-            if self._retried.pop(event.run.run_id, None) is not None:
-                kind = "retrying"
+            retried = self._retried.pop(event.run.run_id, None)
+            if retried is not None:
+                kind, event = "retrying", replace(event, retry_at=retried[1])
             ready.append((kind, event))
         # RETRY marks whose failure was not queued (dropped, or not notified) must not pile up.
-        stale = [run_id for run_id, seen in self._retried.items() if now - seen > 60]
+        stale = [run_id for run_id, (seen, _) in self._retried.items() if now - seen > 60]
         for run_id in stale:
             del self._retried[run_id]
         if not force:
