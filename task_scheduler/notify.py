@@ -168,6 +168,7 @@ class Notifier:
         self._jobs_cache: tuple[float, Mapping[str, Mapping[str, Any] | None]] | None = None
         self._dropped = 0
         self._dropped_warned_at = float("-inf")
+        self._jobs_warned_at = float("-inf")
         self.sent = 0  # deliveries that succeeded (for tests and status)
         self.failed = 0  # deliveries given up after all retries
         self.host = socket.gethostname()
@@ -212,6 +213,7 @@ class Notifier:
     # -- the sender thread -------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            self._refresh_jobs()  # while the store is open: shutdown notices need them too
             self._thread = threading.Thread(target=self._run, name="task-scheduler-notify", daemon=True)
             self._thread.start()
 
@@ -287,14 +289,21 @@ class Notifier:
             self._attempt(_Delivery(now, next(self._sequence), target, body, settings))
 
     def _job_override(self, task_id: str) -> Mapping[str, Any] | None:
+        if self._jobs_cache is None or self._clock() - self._jobs_cache[0] > SPECS_TTL:
+            self._refresh_jobs()
+        return self._jobs_cache[1].get(task_id) if self._jobs_cache else None
+
+    def _refresh_jobs(self) -> None:
+        """Re-read the jobs' overrides; when the store cannot be read (down, or closed
+        at shutdown while the last notices go out) the last known ones stay in use."""
         now = self._clock()
-        if self._jobs_cache is None or now - self._jobs_cache[0] > SPECS_TTL:
-            try:
-                self._jobs_cache = (now, self._job_settings())
-            except Exception:
-                logger.warning("cannot read jobs' notify settings; using the default", exc_info=True)
-                return None
-        return self._jobs_cache[1].get(task_id)
+        try:
+            self._jobs_cache = (now, self._job_settings())
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep what we know
+            self._jobs_cache = (now, self._jobs_cache[1] if self._jobs_cache else {})
+            if now - self._jobs_warned_at >= 60:
+                self._jobs_warned_at = now
+                logger.warning("cannot read the jobs' notify settings (%s); using the last known ones", exc)
 
     def body(self, kind: str, event: SchedulerEvent) -> dict[str, Any]:
         run = event.run.to_dict()
