@@ -45,9 +45,6 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             "Run the scheduler with the config's jobs and the stored persistent jobs until SIGTERM/SIGINT; "
             "SIGHUP reloads the config. --daemon detaches (for hosts without systemd): it returns once the "
             "service is ready, writes the pidfile and sends stdout/stderr to the log file."),
-    "stop": ("stop a service started with run --daemon",
-             "Send SIGTERM to the daemon of the pidfile and wait until it has stopped (its running jobs get "
-             "shutdown_timeout, then are killed)."),
     "validate": ("check a config file and its jobs",
                  "Load the config, import the jobs' code and check their scripts; print each job's type and "
                  "schedule. Exit 2 with the file, key path and problem when something is wrong."),
@@ -74,6 +71,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             "it up within check_interval. --from-json takes a job object (the config's job format) or a list."),
     "remove": ("remove a persistent job", "Remove a persistent job from the store; its history is kept. Jobs "
                "of the config file are removed there."),
+    "stop": ("stop a service started with run --daemon",
+             "Send SIGTERM to the daemon of the pidfile and wait until it has stopped (its running jobs get "
+             "shutdown_timeout, then are killed)."),
 }  # fmt: skip
 
 
