@@ -205,7 +205,11 @@ class WebServer:
 
     def start(self) -> None:
         settings = self.app.settings
-        self._server = _Server((settings.host, settings.port), self.app)
+        try:
+            self._server = _Server((settings.host, settings.port), self.app)
+        except OSError:
+            self.app.close()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name="task-scheduler-http", daemon=True
         )
@@ -220,9 +224,11 @@ class WebServer:
 
     def stop(self) -> None:
         if self._server is None:
+            self.app.close()
             return
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(5)
         self._server = None
+        self.app.close()

@@ -135,3 +135,19 @@ def test_html_is_escaped(no_token: tuple[TaskScheduler, WebServer]) -> None:
     page = request(server.url + "/").body.decode()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "script-src 'self'" in request(server.url + "/").headers["Content-Security-Policy"]
+
+
+def test_metrics_escape_task_ids(no_token: tuple[TaskScheduler, WebServer]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scheduler, server = no_token
+    odd = 'say "hi"\\now\nplease'
+    scheduler.add_task(FunctionTask(odd, func=lambda: None), IntervalRule(seconds=3600))
+    text = request(server.url + "/metrics").body.decode()
+    tasks = {
+        sample.labels["task"]
+        for family in text_string_to_metric_families(text)
+        if family.name == "task_scheduler_task_missed"
+        for sample in family.samples
+    }
+    assert tasks == {"job", odd}
