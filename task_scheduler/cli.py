@@ -532,8 +532,8 @@ def _print_run(record: dict[str, Any], zone: tzinfo, tail: int | None) -> None:
     print(f"--- run {record['run_id'][-RUN_ID_SHOWN:]} of {record['task_id']} {record['state']}, attempt "
           f"{record['attempt']}, scheduled {_when(record['scheduled_for'], zone)}{error}")  # fmt: skip
     if record.get("cpu_user") is not None:
-        print(f"    cpu {record['cpu_user']:.3f}s user, {record['cpu_system']:.3f}s system, "
-              f"peak rss {(record['max_rss'] or 0) / 1048576:.1f} MiB")  # fmt: skip
+        rss = "-" if record["max_rss"] is None else f"{record['max_rss'] / 1048576:.1f} MiB"
+        print(f"    cpu {record['cpu_user']:.3f}s user, {record['cpu_system']:.3f}s system, peak rss {rss}")
     if record["output"]:
         lines = record["output"].rstrip().splitlines()
         print("\n".join(lines if tail is None else lines[-tail:]))
