@@ -232,16 +232,17 @@ class Notifier:
     def _run(self) -> None:
         while True:
             with self._condition:
-                wait = self._next_wait()
-                if self._stopping and (wait is None or wait > 0):
-                    # Stopping: held notices go out now; retries waiting for later do not.
+                if self._stopping:
+                    # Held notices go out now (first attempts only); retries waiting for later do not.
                     if not self._incoming:
                         return
-                    wait = 0.0
-                if wait is None or wait > 0:
-                    self._condition.wait(wait)
-                    continue
-                ready = self._take_ready(self._clock(), force=self._stopping)
+                    ready = self._take_ready(self._clock(), force=True)
+                else:
+                    wait = self._next_wait()
+                    if wait is None or wait > 0:
+                        self._condition.wait(wait)
+                        continue
+                    ready = self._take_ready(self._clock(), force=False)
             for item in ready:
                 self._handle(item)
 

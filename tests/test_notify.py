@@ -261,3 +261,15 @@ def test_bad_notify_settings_name_their_key() -> None:
         )
     with pytest.raises(ConfigError, match=r"notify\.command: must be a non-empty list"):
         SchedulerConfig.from_dict({"notify": {"command": []}})
+
+
+def test_stop_ends_the_sender_even_with_retries_due() -> None:
+    """Retries due at the moment of the stop are dropped, and the thread ends."""
+    scheduler, notifier = _service(
+        {"command": [sys.executable, "-c", "import sys; sys.exit(1)"], "retries": 1000, "retry_delay": 0},
+        [{"id": "failing", "function": "tests.test_notify:explode", "schedule": {"interval": 0.1}}],
+    )
+    time.sleep(1.5)  # failures notified, each retried at once, again and again
+    scheduler.stop(wait=True, timeout=5)
+    notifier.stop(timeout=5)
+    assert notifier._thread is not None and not notifier._thread.is_alive()

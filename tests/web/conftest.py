@@ -56,8 +56,9 @@ class WebService:
 
 SCRIPTS = {
     "hello.py": "import sys\nprint('hello from the job')\nprint('a warning', file=sys.stderr)\n",
-    "burn.py": "import time\nx = bytearray(40_000_000)\nt = time.process_time()\n"
-    "while time.process_time() - t < 0.2:\n    pass\nprint('burnt')\n",
+    # 120 MB, above the service's own size, and 0.4 s of CPU, longer than a memory sample.
+    "burn.py": "import time\nx = bytearray(120_000_000)\nt = time.process_time()\n"
+    "while time.process_time() - t < 0.4:\n    pass\nprint('burnt')\n",
     "broken.py": "import sys\nprint('about to fail')\nsys.exit(3)\n",
 }
 JOBS = [
