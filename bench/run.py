@@ -156,9 +156,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one run per scenario (no medians)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     parser.add_argument(
-        "--only", choices=["faces", "cluster"], help="run one group and print it (RESULTS.md is left alone)"
-    )
+        "--only", choices=["faces", "cluster", "ops"],
+        help="run one group and print it (RESULTS.md is left alone; ops writes bench/RESULTS-ops.md)",
+    )  # fmt: skip
     options = parser.parse_args()
+    if options.only == "ops":
+        from bench.ops import main as ops
+
+        ops(["--no-write"] if options.no_write else [])
+        return
     started = time.monotonic()
     from bench import cluster
 

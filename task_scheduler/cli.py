@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,9 +41,10 @@ RUN_ID_SHOWN = 12  # the run id's last digits tell runs apart (the first ones na
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     # name: (one-line help, description for "COMMAND --help")
-    "run": ("run the service in the foreground (default)",
+    "run": ("run the service in the foreground (default), or --daemon",
             "Run the scheduler with the config's jobs and the stored persistent jobs until SIGTERM/SIGINT; "
-            "SIGHUP reloads the config."),
+            "SIGHUP reloads the config. --daemon detaches (for hosts without systemd): it returns once the "
+            "service is ready, writes the pidfile and sends stdout/stderr to the log file."),
     "validate": ("check a config file and its jobs",
                  "Load the config, import the jobs' code and check their scripts; print each job's type and "
                  "schedule. Exit 2 with the file, key path and problem when something is wrong."),
@@ -72,6 +71,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             "it up within check_interval. --from-json takes a job object (the config's job format) or a list."),
     "remove": ("remove a persistent job", "Remove a persistent job from the store; its history is kept. Jobs "
                "of the config file are removed there."),
+    "stop": ("stop a service started with run --daemon",
+             "Send SIGTERM to the daemon of the pidfile and wait until it has stopped (its running jobs get "
+             "shutdown_timeout, then are killed)."),
 }  # fmt: skip
 
 
@@ -91,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         text, description = _COMMANDS[name]
         return commands.add_parser(name, parents=[common], help=text, description=description)
 
-    command("run")
+    run = command("run")
+    run.add_argument("--daemon", action="store_true", help="detach; output goes to the log file")
+    run.add_argument("--pidfile", type=Path, help="default: DATA_DIR/task-scheduler.pid")
+    stop = command("stop")
+    stop.add_argument("--pidfile", type=Path, help="default: DATA_DIR/task-scheduler.pid")
+    stop.add_argument("--timeout", type=float, help="seconds to wait (default: shutdown_timeout + kill_grace + 15)")
     command("validate")
     command("list")
     command("status")
@@ -202,29 +209,27 @@ def _config(options: argparse.Namespace, build_jobs: bool = True) -> SchedulerCo
 
 
 def _run(options: argparse.Namespace) -> int:
-    from task_scheduler.logs import configure_logging
-    from task_scheduler.scheduler import TaskScheduler
+    from task_scheduler.service import run_service
 
-    config = _config(options)
-    log_file = configure_logging(config)
-    scheduler = TaskScheduler(config)
-    logging.getLogger(__name__).info(
-        "task_scheduler %s starting with %s (log file %s)", _version(), config.source, log_file or "none"
-    )
-    code = scheduler.run_forever()
-    stuck = [
-        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
-    ]
-    if stuck:
-        # Python threads cannot be killed: a function that ignores its cancel event
-        # would keep the process alive forever. Say so, then leave anyway; the last
-        # line of the log still says that the scheduler stopped.
-        logging.getLogger(__name__).warning(
-            "scheduler stopped; exiting with %d task thread(s) still running: %s", len(stuck), stuck
-        )
-        logging.shutdown()
-        os._exit(code)
-    return code
+    return run_service(_config(options), daemon=getattr(options, "daemon", False),
+                       pidfile=getattr(options, "pidfile", None))  # fmt: skip
+
+
+def _stop(options: argparse.Namespace) -> int:
+    from task_scheduler.service import default_pidfile, stop_daemon
+
+    pidfile = options.pidfile
+    config = _config(options, build_jobs=False) if pidfile is None or options.timeout is None else None
+    if pidfile is None:
+        assert config is not None
+        pidfile = default_pidfile(config)
+    timeout = options.timeout
+    if timeout is None:
+        assert config is not None
+        timeout = config.scheduler.shutdown_timeout + config.tasks.kill_grace + 15
+    stopped, message = stop_daemon(pidfile, timeout)
+    print(f"task-scheduler: {message}", file=sys.stdout if stopped else sys.stderr)
+    return EXIT_OK if stopped else EXIT_FAILED
 
 
 def _validate(options: argparse.Namespace) -> int:
@@ -527,8 +532,8 @@ def _print_run(record: dict[str, Any], zone: tzinfo, tail: int | None) -> None:
     print(f"--- run {record['run_id'][-RUN_ID_SHOWN:]} of {record['task_id']} {record['state']}, attempt "
           f"{record['attempt']}, scheduled {_when(record['scheduled_for'], zone)}{error}")  # fmt: skip
     if record.get("cpu_user") is not None:
-        print(f"    cpu {record['cpu_user']:.3f}s user, {record['cpu_system']:.3f}s system, "
-              f"peak rss {(record['max_rss'] or 0) / 1048576:.1f} MiB")  # fmt: skip
+        rss = "-" if record["max_rss"] is None else f"{record['max_rss'] / 1048576:.1f} MiB"
+        print(f"    cpu {record['cpu_user']:.3f}s user, {record['cpu_system']:.3f}s system, peak rss {rss}")
     if record["output"]:
         lines = record["output"].rstrip().splitlines()
         print("\n".join(lines if tail is None else lines[-tail:]))

@@ -30,10 +30,12 @@ from typing import Any
 
 from task_scheduler.errors import ConfigError, TaskSchedulerError
 from task_scheduler.jobs import JobSpec
+from task_scheduler.notify import NotifyConfig, check_notify
 from task_scheduler.redact import redact_text
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.tasks import Backoff, BaseTask
 from task_scheduler.validation import build
+from task_scheduler.web import HttpConfig, check_http
 
 __all__ = [
     "HistoryConfig",
@@ -125,6 +127,8 @@ class SchedulerConfig:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)  # the HTTP API, metrics, dashboard (web/)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # default failure notifications (notify.py)
     jobs: list[JobSpec] = field(default_factory=list)
     source: str | None = None
 
@@ -173,14 +177,20 @@ class SchedulerConfig:
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file the service and the CLI use: ``explicit``, else
     ``$TASK_SCHEDULER_CONFIG``, else ``./scheduler_config.json``, else
-    ``/etc/task-scheduler/scheduler_config.json``; None when none exists."""
+    ``/etc/task-scheduler/scheduler_config.json``; None when none exists.
+    ``$TASK_SCHEDULER_ROOT`` moves the system-wide location under another root, as
+    ``scripts/install-service.sh --root DIR`` lays an installation out there."""
     if explicit:
         return Path(explicit)
     if os.environ.get("TASK_SCHEDULER_CONFIG"):
         return Path(os.environ["TASK_SCHEDULER_CONFIG"])
+    root = os.environ.get("TASK_SCHEDULER_ROOT")
     for candidate in CONFIG_SEARCH_PATH:
-        if Path(candidate).is_file():
-            return Path(candidate)
+        path = Path(candidate)
+        if root and path.is_absolute():
+            path = Path(root) / path.relative_to("/")
+        if path.is_file():
+            return path
     return None
 
 
@@ -311,6 +321,8 @@ def _validate(config: SchedulerConfig) -> None:
         parse_size(logging_config.max_log_size)
     except ValueError as exc:
         raise ConfigError(str(exc), source=source, key="logging.max_log_size") from exc
+    check_http(config.http, source)
+    check_notify(config.notify, "notify", source)
     seen: set[str] = set()
     for index, job in enumerate(config.jobs):
         key = f"jobs{JobSpec.item_key(index, {'id': job.id})}"

@@ -168,6 +168,13 @@ class Dispatcher:
                 active.context.timeout,
             )
             active.context.cancel(CANCEL_TIMEOUT)
+        # A run that finished in time leaves its entry behind (a heap cannot drop one
+        # cheaply). Drop them in one pass once they outnumber the runs in flight, so the
+        # heap holds the runs in flight, not every run of the last `timeout` seconds
+        # (300 s at 1,000 runs/s was 300,000 entries, 40 MB). Amortized O(1) per run.
+        if len(self._deadlines) > 2 * len(self.active) + 64:
+            self._deadlines = [entry for entry in self._deadlines if entry[1] in self.active]
+            heapq.heapify(self._deadlines)
 
     def take_finished(self) -> list[tuple[RunRecord, Active | None]]:
         """The runs finished since the last call, with what was submitted for them.

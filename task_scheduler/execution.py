@@ -55,6 +55,7 @@ def execute_attempt(task: BaseTask, record: RunRecord, context: TaskContext, now
         # The record belongs to this attempt from claim to finish: fill it in place.
         record.state, record.started_at, record.finished_at = state, started, finished
         record.exit_code, record.output = context.exit_code, output
+        record.cpu_user, record.cpu_system, record.max_rss = context.cpu_user, context.cpu_system, context.max_rss
         record.error = error if state is not RunState.SUCCEEDED else None
         if state is RunState.SUCCEEDED:
             logger.info("task %s succeeded in %.3fs", task.task_id, (finished - started).total_seconds())

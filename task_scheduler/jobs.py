@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from task_scheduler.errors import ConfigError, TaskError, TaskSchedulerError
+from task_scheduler.notify import job_notify
 from task_scheduler.schedules import ScheduleRule
 from task_scheduler.tasks import BaseTask, FunctionTask, ScriptTask, TaskContext
 from task_scheduler.validation import build as build_dataclass
@@ -113,6 +114,7 @@ class JobSpec:
     max_runs: int | None = None
     recover: bool = False
     tags: list[str] = field(default_factory=list)
+    notify: dict[str, Any] | None = None  # failure notifications: overrides the config's notify section
     version: int = SPEC_VERSION
 
     @staticmethod
@@ -186,6 +188,8 @@ class JobSpec:
             ScheduleRule.from_dict(self.schedule)
         except TaskSchedulerError as exc:
             raise ConfigError(str(exc), source=source, key=f"{where}.schedule") from exc
+        if self.notify is not None:
+            job_notify(self.notify, f"{where}.notify", source)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON data: what differs from the defaults, the type, the version."""

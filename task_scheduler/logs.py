@@ -7,6 +7,13 @@ Plain lines look like
 A log file that cannot be written (directory missing and not creatable, read-only,
 disk full) never stops scheduling: the failure is reported once on stderr and the
 file handler stays quiet until it can write again.
+
+When stderr is the journal (under systemd, see `task_scheduler.systemd`), console
+lines carry no timestamp (the journal adds its own) and start with the syslog
+priority (``<3>`` error ... ``<7>`` debug), on every line of a multi-line message.
+When stderr is the log file itself (daemon mode: ``task-scheduler run --daemon``),
+there is no console handler, so no line is written twice; daemon mode also points
+stdout/stderr at the new file after each rotation (`ResilientFileHandler.stdio_follows`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import contextvars
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +35,8 @@ from task_scheduler.redact import redact_text
 __all__ = ["configure_logging", "run_context"]
 
 PLAIN_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(funcName)s:%(lineno)d - %(message)s"
+JOURNAL_FORMAT = "%(name)s - %(levelname)s - %(funcName)s:%(lineno)d - %(message)s"
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 JSON_FIELDS = "%(asctime)s %(name)s %(levelname)s %(funcName)s %(lineno)d %(message)s"
 
@@ -68,8 +78,8 @@ class RunContextFilter(logging.Filter):
 class PlainFormatter(logging.Formatter):
     """The plain line format, with ``[task_id run_id]`` appended inside a run."""
 
-    def __init__(self) -> None:
-        super().__init__(PLAIN_FORMAT, DATE_FORMAT)
+    def __init__(self, fmt: str = PLAIN_FORMAT) -> None:
+        super().__init__(fmt, DATE_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -77,6 +87,18 @@ class PlainFormatter(logging.Formatter):
         if task_id:
             line += f" [task={task_id} run={getattr(record, 'run_id', None)}]"
         return redact_text(line)
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for the journal: ``<priority>`` on each line, no timestamp of our own."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
 
 
 def _json_formatter(fields: str, rename: dict[str, str], datefmt: str) -> logging.Formatter:
@@ -95,6 +117,10 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler that reports a write failure once, then stays quiet
     (retrying at most every 30 s) instead of printing a traceback per record."""
 
+    # Daemon mode sets it: stdout/stderr (fds 1 and 2) are the log file and follow it
+    # to the new file at each rotation, so stray output never lands in a rotated file.
+    stdio_follows = False
+
     def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
         self._failed_since: float | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +130,15 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
         if self._failed_since is not None and record.created - self._failed_since < 30:
             return
         try:
-            if self.shouldRollover(record):
+            rolled = self.shouldRollover(record)
+            if rolled:
                 self.doRollover()
             logging.FileHandler.emit(self, record)
             if self.stream is not None:
                 self.stream.flush()
+                if rolled and self.stdio_follows:
+                    for fd in (1, 2):
+                        os.dup2(self.stream.fileno(), fd)
         except Exception as exc:  # noqa: BLE001 - logging must never stop the service
             if self._failed_since is None:
                 sys.stderr.write(f"task_scheduler: cannot write log file {self.baseFilename}: {exc}\n")
@@ -146,8 +176,6 @@ def configure_logging(config: SchedulerConfig) -> Path | None:
     root.setLevel(config.scheduler.log_level.upper())
     formatter: logging.Formatter = _formatter(settings.format)
     handlers: list[logging.Handler] = []
-    if settings.console:
-        handlers.append(logging.StreamHandler(sys.stderr))
     log_path = None
     if settings.log_file:
         log_path = config.path(settings.log_dir) / settings.log_file
@@ -156,12 +184,32 @@ def configure_logging(config: SchedulerConfig) -> Path | None:
         except OSError as exc:
             sys.stderr.write(f"task_scheduler: cannot create log directory {log_path.parent}: {exc}\n")
             log_path = None
+    console: logging.Handler | None = None
+    if settings.console and not (log_path is not None and _stderr_is(log_path)):
+        console = logging.StreamHandler(sys.stderr)
+        handlers.append(console)
+    from task_scheduler.systemd import stderr_is_journal
+
+    journal = console is not None and stderr_is_journal()
     for handler in handlers:
-        handler.setFormatter(formatter)
+        if handler is console and journal:
+            inner = PlainFormatter(JOURNAL_FORMAT) if settings.format == "text" else formatter
+            handler.setFormatter(JournalFormatter(inner))
+        else:
+            handler.setFormatter(formatter)
         handler.addFilter(RunContextFilter())
         setattr(handler, _OWNED, True)
         root.addHandler(handler)
     return log_path
+
+
+def _stderr_is(path: Path) -> bool:
+    """Whether stderr is already writing to ``path`` (daemon mode, or ``2>>file``)."""
+    try:
+        ours, theirs = os.fstat(2), os.stat(path)
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def _formatter(kind: str) -> logging.Formatter:

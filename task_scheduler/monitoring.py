@@ -2,14 +2,18 @@
 
 Two views, one source: `task_status`/`totals` build what
 `TaskScheduler.get_task_status` returns inside the service; `overview`,
-`service_status`, `task_detail`, `run_detail` and `runs` read a store from any
-process and are what the CLI prints and the HTTP API and dashboard serve, so they
-can never disagree. Everything returned is JSON data (times ISO 8601 in UTC).
+`service_status`, `task_detail`, `run_detail`, `runs` and `recent_outcomes` read a
+store from any process and are what the CLI prints and the HTTP API and dashboard
+serve, so they can never disagree. Everything returned is JSON data (times ISO 8601
+in UTC). `RunTally` counts a running service's runs from its events (systemd's
+STATUS line, metrics).
 """
 
 from __future__ import annotations
 
 import socket
+import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -20,7 +24,18 @@ from task_scheduler.stores.base import NodeInfo, RunRecord, RunState, TaskState
 if TYPE_CHECKING:
     from task_scheduler.stores import Store
 
-__all__ = ["overview", "process_stats", "run_detail", "runs", "service_status", "task_detail", "task_status", "totals"]
+__all__ = [
+    "RunTally",
+    "overview",
+    "process_stats",
+    "recent_outcomes",
+    "run_detail",
+    "runs",
+    "service_status",
+    "task_detail",
+    "task_status",
+    "totals",
+]
 
 
 def task_status(
@@ -131,6 +146,19 @@ def runs(
     return [r.to_dict() for r in store.history(task_id, state, max(1, limit))]
 
 
+def recent_outcomes(store: Store, task_ids: Iterable[str], limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """The ``limit`` last finished runs of each task, oldest first, in brief (run_id,
+    state, scheduled_for, duration): the dashboard's recent durations. One history
+    query per task: meant for a page of tasks, not for thousands."""
+    return {
+        task_id: [
+            {key: run[key] for key in ("run_id", "state", "scheduled_for", "duration")}
+            for run in reversed([r.to_dict() for r in store.history(task_id, limit=limit)])
+        ]
+        for task_id in task_ids
+    }
+
+
 def run_detail(store: Store, run_id: str) -> dict[str, Any] | None:
     """One run by its id or a unique part of it (6+ characters), output included."""
     record = store.run(run_id)
@@ -186,3 +214,37 @@ def _task_summary(state: TaskState, running: bool) -> dict[str, Any]:
 
 def _by_id(state: TaskState) -> str:
     return state.task_id
+
+
+# -- a running service's own counts, from its events ---------------------------------
+
+
+class RunTally:
+    """Counts one scheduler's runs since it started, as a listener
+    (``scheduler.add_listener(tally.on_event)``): outcomes by state, and the runs in
+    flight (handed to the workers, outcome not yet recorded). Cheap enough for every
+    event; read from any thread."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+
+    def on_event(self, event: Any) -> None:
+        from task_scheduler.events import EventType
+
+        record = event.run
+        with self._lock:
+            if event.type is EventType.SUBMITTED:
+                self._in_flight.add(record.run_id)
+            elif event.type is not EventType.RETRY and record.state.is_final:
+                self._in_flight.discard(record.run_id)
+                self.outcomes[record.state.value] += 1
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def summary(self) -> dict[str, int]:
+        with self._lock:
+            return {"in_flight": len(self._in_flight), **self.outcomes}

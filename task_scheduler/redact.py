@@ -1,10 +1,12 @@
 """Keeping secrets out of logs, error messages and status output.
 
 A key "looks like a secret" when its name contains password, passwd, secret, token,
-api_key/apikey, credential or private_key (any case, ``-`` or ``_``). Their values
+api_key/apikey, credential, private_key or authorization (any case, ``-`` or ``_``). Their values
 are replaced by ``***`` in every log line this package writes (``key=value``,
 ``key: value``, ``"key": "value"``, ``--key value``, ``--key=value``), in config
 errors, and in task status; so is the password of a URL (``scheme://user:pw@host``).
+In data shown to people (`redact_data`) a ``webhook`` or ``url`` value keeps only its
+scheme, host and port (`mask_url`): a webhook's secret is often its path.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["MASK", "is_secret", "mask_values", "redact_args", "redact_data", "redact_text"]
+__all__ = ["MASK", "is_secret", "mask_url", "mask_values", "redact_args", "redact_data", "redact_text"]
 
 MASK = "***"
-_WORDS = r"(?:pass(?:word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key)"
+_WORDS = r"(?:pass(?:word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key|authorization)"
 _SECRET_NAME = re.compile(rf"[\w.-]*{_WORDS}[\w.-]*", re.IGNORECASE)
 _VALUE = r"""(?P<value>[^\s"',;&)}\]]+)"""
 _PAIR = re.compile(rf"""(?P<key>["']?[\w.-]*{_WORDS}[\w.-]*["']?)(?P<sep>\s*[=:]\s*["']?){_VALUE}""", re.IGNORECASE)
 _FLAG = re.compile(rf"(?P<key>(?<!\S)--?[\w.-]*{_WORDS}[\w.-]*)(?P<sep>\s+)(?!-){_VALUE}", re.IGNORECASE)
+_URL_KEYS = ("webhook", "url")  # values shown as scheme://host only (see mask_url)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^/\s@]+)(?=@)", re.IGNORECASE)
 
 
@@ -63,7 +66,11 @@ def redact_data(data: Any, secret_names: Iterable[str] = ()) -> Any:
     names = set(secret_names)
     if isinstance(data, dict):
         return {
-            key: MASK if value and (key in names or is_secret(str(key))) else redact_data(value, names)
+            key: MASK
+            if value and (key in names or is_secret(str(key)))
+            else mask_url(value)
+            if str(key) in _URL_KEYS and isinstance(value, str)
+            else redact_data(value, names)
             for key, value in data.items()
         }
     if isinstance(data, list):
@@ -78,3 +85,23 @@ def mask_values(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+def mask_url(url: str) -> str:
+    """A URL as logs may show it: scheme, host and port; the user, password, path and
+    query become ``***`` (a webhook's secret is often its path, as in
+    ``https://hooks.slack.com/services/T0/B0/XXXX``)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    host = f"[{host}]" if ":" in host else host
+    user = f"{MASK}@" if parts.username or parts.password else ""
+    rest = f"/{MASK}" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{user}{host}{port}{rest}"

@@ -124,6 +124,7 @@ class TaskScheduler:
         )
         self._dispatcher = Dispatcher(settings.max_workers, self._now, self._wake.set, self._record_process)
         self._started_at: float | None = None
+        self._last_step: float | None = None  # on time.monotonic(); see last_step
         self._stopped = False
         # Claims grow from a few runs per worker to _claim_limit while occurrences keep
         # coming: the first runs of a burst start without waiting for a large batch to
@@ -487,6 +488,14 @@ class TaskScheduler:
     def running(self) -> bool:
         return self._loop_thread is not None and self._loop_thread.is_alive()
 
+    @property
+    def last_step(self) -> float | None:
+        """When the loop thread last finished a step, on ``time.monotonic()`` (None
+        before its first). A step that failed (the store unreachable) counts: the loop
+        is alive and retrying. Health checks and watchdogs compare it with the clock;
+        the loop steps at least every ``check_interval`` while it is not stuck."""
+        return self._last_step
+
     def start(self) -> None:
         """Start the loop thread and return. Idempotent while running."""
         if self.running:
@@ -571,6 +580,7 @@ class TaskScheduler:
                 # A broken store or a bug must not end the loop; back off and retry.
                 logger.exception("scheduler loop step failed; retrying in %ss", self.config.scheduler.check_interval)
                 delay = self.config.scheduler.check_interval
+            self._last_step = time.monotonic()
             if delay > 0:
                 self._wake.wait(delay)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from task_scheduler.errors import TaskError
 from task_scheduler.redact import is_secret, mask_values, redact_args
+from task_scheduler.resources import MeasuredPopen
 from task_scheduler.stores.base import ConcurrencyPolicy
 
 __all__ = [
@@ -142,7 +143,8 @@ class TaskContext:
     ``context.cancel_event``): Python threads cannot be killed, so a function that
     ignores it runs on, is reported overdue and keeps its worker busy.
     The task fills in ``exit_code``, ``output``, ``error`` and ``timed_out`` for the
-    run record.
+    run record, and a script run its resource use (``cpu_user``, ``cpu_system``:
+    seconds; ``max_rss``: bytes).
     """
 
     __slots__ = (
@@ -150,9 +152,12 @@ class TaskContext:
         "_on_cancel",
         "attempt",
         "cancel_reason",
+        "cpu_system",
+        "cpu_user",
         "error",
         "exit_code",
         "logger",
+        "max_rss",
         "on_process",
         "output",
         "run_id",
@@ -184,6 +189,9 @@ class TaskContext:
         self.output: str | None = None
         self.error: str | None = None
         self.timed_out = False
+        self.cpu_user: float | None = None
+        self.cpu_system: float | None = None
+        self.max_rss: int | None = None
         self._cancel_event: threading.Event | None = None
         self._on_cancel: list[Callable[[], None]] | None = None
         # Called by a script run with (run_id, pid, process start time) once its
@@ -491,7 +499,7 @@ class ScriptTask(BaseTask):
 
     def execute(self, context: TaskContext) -> bool:
         env = self.environment(context)
-        process = subprocess.Popen(
+        process = MeasuredPopen(
             self.command(),
             cwd=self.working_dir or self.base_dir,
             env=env,
@@ -510,6 +518,9 @@ class ScriptTask(BaseTask):
         killer.start()  # anything the script left behind in its group goes too
         killer.wait()
         context.exit_code = process.returncode
+        resources = process.resources()
+        if resources is not None:
+            context.cpu_user, context.cpu_system, context.max_rss = resources
         # Secret values the script was given never reach the history, whatever it prints.
         secrets = [value for name, value in env.items() if name in self.secret_env or is_secret(name)]
         out, err = mask_values(_decode(stdout), secrets), mask_values(_decode(stderr), secrets)

@@ -241,7 +241,7 @@ class SQLStore(SQLQueries):
         with self._transaction() as db:
             pending = db.execute(
                 "SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
-                f"{REGISTERED} WHERE r.state = 'scheduled' AND r.due_at <= ? AND t.removed = {d.false} "
+                f"WHERE {REGISTERED} AND r.state = 'scheduled' AND r.due_at <= ? AND t.removed = {d.false} "
                 f"ORDER BY r.due_at LIMIT ?{d.lock(of='r, t', skip=True)}",
                 (node, now_db, limit),
             ).fetchall()
@@ -262,8 +262,8 @@ class SQLStore(SQLQueries):
             claim.runs.extend(self._runs(db, starts))
             # The rows as locked (the latest versions): states and definitions in one read.
             due = db.execute(
-                f"SELECT {TASK_COLUMNS_OF_T}, t.options FROM tasks t {REGISTERED} WHERE {d.live} AND next_run_at <= ? "
-                f"ORDER BY next_run_at LIMIT ?{d.lock(of='t', skip=True)}",
+                f"SELECT {TASK_COLUMNS_OF_T}, t.options FROM tasks t WHERE {REGISTERED} AND {d.live} "
+                f"AND next_run_at <= ? ORDER BY next_run_at LIMIT ?{d.lock(of='t', skip=True)}",
                 (node, now_db, max(0, limit - len(claim.runs))),
             ).fetchall()
             states = {row[0]: self._state(row[:-1]) for row in due}

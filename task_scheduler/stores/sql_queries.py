@@ -28,8 +28,14 @@ RUN_COLUMNS = (
     "run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual, "
     "pid, pid_started, cpu_user, cpu_system, max_rss"
 )
-# A task ``node`` may claim: it registered the task with the stored fingerprint.
-REGISTERED = "JOIN registrations g ON g.task_id = t.task_id AND g.node_id = ? AND g.fingerprint = t.fingerprint"
+# A task ``node`` may claim: it registered the task with the stored fingerprint. A
+# correlated EXISTS, not a join, so that the due-time indexes are walked in order and
+# the walk stops at the first due row: with a join SQLite chose to read all of the
+# node's registrations and sort them (30 ms per loop step at 10,000 tasks; 0.4 ms so).
+REGISTERED = (
+    "EXISTS (SELECT 1 FROM registrations g WHERE g.task_id = t.task_id AND g.node_id = ? "
+    "AND g.fingerprint = t.fingerprint)"
+)
 
 
 class Session(Protocol):
@@ -198,10 +204,10 @@ class SQLQueries:
         statement (one round trip to a server): each due-time index is walked in order
         and stops at the first row of a task the node registered."""
         row = db.execute(
-            f"SELECT (SELECT t.next_run_at FROM tasks t {REGISTERED} WHERE {self.dialect.live} "
+            f"SELECT (SELECT t.next_run_at FROM tasks t WHERE {REGISTERED} AND {self.dialect.live} "
             "AND t.next_run_at IS NOT NULL ORDER BY t.next_run_at LIMIT 1), "
-            f"(SELECT r.due_at FROM runs r JOIN tasks t USING (task_id) {REGISTERED} "
-            "WHERE r.state = 'scheduled' ORDER BY r.due_at LIMIT 1)",
+            f"(SELECT r.due_at FROM runs r JOIN tasks t USING (task_id) WHERE {REGISTERED} "
+            "AND r.state = 'scheduled' ORDER BY r.due_at LIMIT 1)",
             (node, node),
         ).fetchone()
         candidates = [value for value in row if value is not None]

@@ -1,0 +1,5 @@
+"""Job bodies the benchmarks' services import (``bench.jobs:noop``)."""
+
+
+def noop() -> None:
+    """A trivial job."""
