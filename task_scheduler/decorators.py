@@ -421,3 +421,8 @@ def get_task_by_tag(tag: str, scheduler: TaskScheduler | None = None) -> list[Ta
 
 def get_stats(scheduler: TaskScheduler | None = None) -> dict[str, Any]:
     return TaskStats(scheduler).get_stats()
+
+
+def qualified_name(func: Callable[..., Any]) -> str:
+    """``module.qualname``: the task id `TaskScheduler.scheduled` gives a function."""
+    return f"{func.__module__}.{func.__qualname__}"

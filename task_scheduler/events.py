@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Flag, auto
 
-from task_scheduler.stores.base import RunRecord
+from task_scheduler.stores.base import RunRecord, RunState
 
 __all__ = ["EventType", "Listener", "SchedulerEvent"]
 
@@ -46,6 +46,16 @@ class SchedulerEvent:
 
 Listener = Callable[[SchedulerEvent], object]
 
+# The event a run record's final state is reported as.
+EVENT_FOR_STATE = {
+    RunState.SUCCEEDED: EventType.EXECUTED,
+    RunState.FAILED: EventType.ERROR,
+    RunState.TIMED_OUT: EventType.TIMEOUT,
+    RunState.MISSED: EventType.MISSED,
+    RunState.SKIPPED: EventType.MAX_INSTANCES,
+    RunState.INTERRUPTED: EventType.INTERRUPTED,
+}
+
 
 class EventDispatcher:
     """Holds listeners with their masks and calls them, swallowing their errors."""
@@ -74,6 +84,15 @@ class EventDispatcher:
     def __bool__(self) -> bool:
         """Whether anyone listens (callers skip building events otherwise)."""
         return bool(self._listeners)
+
+    def emit_record(
+        self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """Emit the event for ``record`` (``kind``, or the one its state means), built
+        only when someone listens to that kind."""
+        kind = kind or EVENT_FOR_STATE.get(record.state)
+        if kind is not None and kind & self.mask:
+            self.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
 
     def emit(self, event: SchedulerEvent) -> None:
         for callback, mask in self._listeners:

@@ -25,9 +25,9 @@ from task_scheduler.clock import Clock
 from task_scheduler.config import SchedulerConfig
 from task_scheduler.errors import TaskSchedulerError
 from task_scheduler.membership import Membership
+from task_scheduler.processes import stop_process_group
 from task_scheduler.stores import Store
 from task_scheduler.stores.base import NodeInfo, RunRecord, RunState
-from task_scheduler.tasks import stop_process_group
 
 __all__ = ["Maintenance"]
 

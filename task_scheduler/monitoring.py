@@ -11,6 +11,7 @@ STATUS line, metrics).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import Counter
@@ -21,7 +22,11 @@ from typing import TYPE_CHECKING, Any
 from task_scheduler.errors import TaskNotFoundError
 from task_scheduler.stores.base import NodeInfo, RunRecord, RunState, TaskState
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
+    from task_scheduler.registry import Registered
+    from task_scheduler.scheduler import TaskScheduler
     from task_scheduler.stores import Store
 
 __all__ = [
@@ -36,6 +41,40 @@ __all__ = [
     "task_status",
     "totals",
 ]
+
+
+def scheduler_status(scheduler: TaskScheduler, task_id: str | None = None) -> dict[str, Any]:
+    """What `TaskScheduler.get_task_status` returns: one task's status, or the totals
+    with every task's status under ``tasks`` (see there)."""
+    states = scheduler.store.task_states()
+    entries = {e.task.task_id: e for e in scheduler._registered()}
+    active = list(scheduler._dispatcher.active.values())
+    running = group_running((a.record.task_id, a.record, a.deadline) for a in active)
+    now = scheduler.clock.now()
+
+    def status(entry: Registered) -> dict[str, Any]:
+        tid = entry.task.task_id
+        options = {**entry.task.options(), "timeout": entry.timeout}
+        return task_status(options, states[tid], running.get(tid, []), now, scheduler.timezone)
+
+    if task_id is not None:
+        entry = entries.get(task_id)
+        if entry is None or task_id not in states:
+            raise TaskNotFoundError(task_id)
+        return status(entry)
+    result = totals(
+        {tid: status(e) for tid, e in entries.items() if tid in states},
+        sum(len(runs) for runs in running.values()),
+    )
+    result.update(
+        queued_runs=scheduler._dispatcher.queued,
+        scheduler_running=scheduler.running,
+        node_id=scheduler.node_id,
+        uptime_seconds=scheduler.uptime,
+    )
+    if scheduler.config.scheduler.enable_monitoring:
+        result["process"] = process_stats()
+    return result
 
 
 def task_status(
@@ -248,3 +287,28 @@ class RunTally:
     def summary(self) -> dict[str, int]:
         with self._lock:
             return {"in_flight": len(self._in_flight), **self.outcomes}
+
+
+def log_unrun(records: list[RunRecord]) -> None:
+    """One WARNING per task and outcome for occurrences recorded without running
+    (missed, skipped): a 5-second job down for two minutes is one line with the count
+    and the range, not 24; the history keeps a row for each."""
+    groups: dict[tuple[str, RunState], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault((record.task_id, record.state), []).append(record)
+    for (task_id, state), group in groups.items():
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            logger.warning(
+                "task %s occurrence %s %s: %s", task_id, first.scheduled_for.isoformat(), state.value, first.error
+            )
+        else:
+            logger.warning(
+                "task %s: %d occurrences from %s to %s %s (first: %s)",
+                task_id,
+                len(group),
+                first.scheduled_for.isoformat(),
+                last.scheduled_for.isoformat(),
+                state.value,
+                first.error,
+            )

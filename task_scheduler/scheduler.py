@@ -25,27 +25,26 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from types import FrameType
 from typing import Any, TypeVar
 
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
 from task_scheduler.dispatch import Dispatcher
-from task_scheduler.errors import ConfigError, StoreUnavailableError, TaskError, TaskNotFoundError, TaskSchedulerError
-from task_scheduler.events import EventDispatcher, EventType, Listener, SchedulerEvent
+from task_scheduler.errors import StoreUnavailableError, TaskError, TaskNotFoundError, TaskSchedulerError
+from task_scheduler.events import EventDispatcher, EventType, Listener
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, retry_for
-from task_scheduler.jobs import JobSpec, UnresolvedTask, spec_of
+from task_scheduler.jobs import JobSpec, spec_of
 from task_scheduler.logs import configure_logging
 from task_scheduler.maintenance import Maintenance
 from task_scheduler.membership import Membership
-from task_scheduler.monitoring import group_running, process_stats, task_status, totals
+from task_scheduler.monitoring import log_unrun, scheduler_status
+from task_scheduler.persistence import Item, StoredJobs
 from task_scheduler.registry import Registered, register
 from task_scheduler.schedules import ScheduleRule, resolve_timezone
 from task_scheduler.stores import Store, open_store
@@ -56,24 +55,6 @@ __all__ = ["TaskScheduler"]
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-# How often jobs that could not be loaded (UnresolvedTask) are tried again: every
-# this many check_intervals, at most every 30 s.
-RETRY_UNRESOLVED = 10
-# One item to register: the task, its rule, its spec (as data) and why it cannot run.
-_Item = tuple[BaseTask, ScheduleRule, dict[str, Any] | None, str | None]
-
-_EVENT_FOR_STATE = {
-    RunState.SUCCEEDED: EventType.EXECUTED,
-    RunState.FAILED: EventType.ERROR,
-    RunState.TIMED_OUT: EventType.TIMEOUT,
-    RunState.MISSED: EventType.MISSED,
-    RunState.SKIPPED: EventType.MAX_INSTANCES,
-    RunState.INTERRUPTED: EventType.INTERRUPTED,
-}
-
-
-def _qualified_name(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
 
 
 class TaskScheduler:
@@ -115,8 +96,6 @@ class TaskScheduler:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._signal_stop = threading.Event()
-        self._reload_requested = threading.Event()
         self._loop_thread: threading.Thread | None = None
         # This node in the store: heartbeats, clock skew, store outages (membership.py).
         self._membership = Membership(
@@ -144,11 +123,9 @@ class TaskScheduler:
         self._maintenance.measure_skew()
         self._recovered = False
         self._wake_at: datetime | None = None  # when the loop wakes next on its own (None: not known)
-        self._revision = self.store.revision()
-        self._next_job_check = 0.0  # on the monotonic clock
-        self._next_unresolved_retry = 0.0
+        self._stored = StoredJobs(self)
         self._add([(task, rule, spec.to_dict(), None) for task, rule, spec in self.config.build_tasks()], Origin.CONFIG)
-        self._restore_jobs()
+        self._stored.restore()
 
     # -- task management ------------------------------------------------------------
     def add_task(
@@ -173,7 +150,7 @@ class TaskScheduler:
         persistent: bool = False,
     ) -> None:
         """Register many tasks in one store transaction (all or none)."""
-        items: list[_Item] = [
+        items: list[Item] = [
             (task, rule, spec_of(task, rule).to_dict() if persistent else None, None) for task, rule in pairs
         ]
         self._add(items, Origin.PERSISTENT if persistent else Origin.CODE, replace_existing)
@@ -200,7 +177,7 @@ class TaskScheduler:
                   replace_existing)  # fmt: skip
         return task
 
-    def _add(self, items: list[_Item], origin: Origin, replace_existing: bool = False) -> None:
+    def _add(self, items: list[Item], origin: Origin, replace_existing: bool = False) -> None:
         self._check_running()
         now = self._now()
         entries = [
@@ -256,10 +233,10 @@ class TaskScheduler:
             @scheduler.scheduled(cron="*/5 * * * * *", max_retries=3)
             def sync_data() -> None: ...
         """
-        from task_scheduler.decorators import scheduled
+        from task_scheduler.decorators import qualified_name, scheduled
 
         return scheduled(rule, cron=cron, interval=interval, once=once, name=task_id, scheduler=self,
-                         default_name=_qualified_name, **options)  # fmt: skip
+                         default_name=qualified_name, **options)  # fmt: skip
 
     def remove_task(self, task_id: str) -> None:
         """Unschedule a task (a run in progress finishes); its history is kept. A
@@ -362,13 +339,13 @@ class TaskScheduler:
         if not (self._recovered and self._membership.ready):  # nothing is claimed before the skew is known
             return min(interval, self._membership.retry_in())
         try:
-            self._poll_jobs()
+            self._stored.poll()
             claim = self.store.claim_due(now, self._claim_batch, self.node_id, now + self.lease, self._next_fire)
         except StoreUnavailableError as exc:
             self._membership.lost(exc, len(self._dispatcher.active))
             return min(interval, self._membership.retry_in())
         if claim.recorded:
-            _log_recorded(claim.recorded)
+            log_unrun(claim.recorded)
             for record in claim.recorded:
                 self._emit(record, now)
         self._dispatcher.cancel(claim.replace, CANCEL_REPLACED)
@@ -388,21 +365,6 @@ class TaskScheduler:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         self._wake_at = now + timedelta(seconds=interval)
         return interval
-
-    def _poll_jobs(self) -> None:
-        """Every check_interval: pick up persistent jobs other processes changed, and
-        now and then try again to load the ones that failed to (RETRY_UNRESOLVED)."""
-        monotonic = self.clock.monotonic()
-        if monotonic < self._next_job_check:
-            return
-        self._next_job_check = monotonic + self.config.scheduler.check_interval
-        revision = self.store.revision()
-        if revision != self._revision:
-            self._revision = revision
-            self._restore_jobs()
-        elif monotonic >= self._next_unresolved_retry:
-            self._next_unresolved_retry = monotonic + min(30.0, RETRY_UNRESOLVED * self.config.scheduler.check_interval)
-            self._retry_unresolved()
 
     def _now(self) -> datetime:
         """The wall clock corrected by this node's skew against the store."""
@@ -465,11 +427,8 @@ class TaskScheduler:
     def _emit(
         self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
     ) -> None:
-        if not self._events:
-            return
-        kind = kind or _EVENT_FOR_STATE.get(record.state)
-        if kind is not None and self._events.wants(kind):
-            self._events.emit(SchedulerEvent(kind, record.task_id, record, now, retry_at))
+        if self._events:
+            self._events.emit_record(record, now, kind, retry_at)
 
     def wait_for_runs(self, timeout: float | None = None) -> bool:
         """Block until every launched run has finished and been recorded; False on
@@ -487,6 +446,11 @@ class TaskScheduler:
     @property
     def running(self) -> bool:
         return self._loop_thread is not None and self._loop_thread.is_alive()
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds since `start` (None before)."""
+        return None if self._started_at is None else round(time.monotonic() - self._started_at, 3)
 
     @property
     def last_step(self) -> float | None:
@@ -521,55 +485,23 @@ class TaskScheduler:
             self.node_id,
         )
 
-    # -- persistent jobs --------------------------------------------------------------
-    def _restore_jobs(self) -> None:
-        """Bring this process's persistent jobs in line with the store: jobs added or
-        changed by another process (the CLI, another node) are built and registered,
-        removed ones dropped. A job whose code cannot be loaded is registered as an
-        `UnresolvedTask` (its runs fail with the reason) and reported, never dropped."""
-        specs = self.store.job_specs(Origin.PERSISTENT)
+    # -- persistent jobs (persistence.py keeps them in line with the store) -------
+    def _forget_stored(self, kept: set[str]) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+        """Drop the persistent tasks whose ids are not in ``kept`` (another process
+        removed them); returns the remaining persistent tasks' specs by id, and the ids
+        of this process's other tasks."""
         with self._lock:
-            mine = {tid: e for tid, e in self._entries.items() if e.origin is Origin.PERSISTENT}
+            mine = {tid: e.definition.spec for tid, e in self._entries.items() if e.origin is Origin.PERSISTENT}
             others = {tid for tid, e in self._entries.items() if e.origin is not Origin.PERSISTENT}
-            for task_id in set(mine) - set(specs):
+            for task_id in set(mine) - kept:
                 del self._entries[task_id]
+                del mine[task_id]
                 logger.info("task %s was removed from the store by another process", task_id)
-        items: list[_Item] = []
-        for task_id, spec in sorted(specs.items()):
-            if task_id in others or (task_id in mine and mine[task_id].definition.spec == spec):
-                continue
-            try:
-                item = self._build_stored(spec)
-            except TaskSchedulerError as exc:
-                logger.error("stored job %s cannot be scheduled: %s", task_id, exc)
-                continue
-            items.append(item)
-        if items:
-            self._add(items, Origin.PERSISTENT, replace_existing=True)
+        return mine, others
 
-    def _build_stored(self, data: dict[str, Any]) -> _Item:
-        """A stored spec as a task; one whose code cannot be loaded as an UnresolvedTask."""
-        where = f"stored job {data.get('id')!r}"
-        spec = JobSpec.from_stored(data)
-        try:
-            task, rule = spec.build(self.config, where)
-            return task, rule, data, None
-        except ConfigError as exc:
-            logger.error("%s: its runs fail until this is fixed or the job is removed", exc)
-            return UnresolvedTask(spec, str(exc), self.config), ScheduleRule.from_dict(spec.schedule), data, str(exc)
-
-    def _retry_unresolved(self) -> None:
+    def _registered(self) -> list[Registered]:
         with self._lock:
-            unresolved = [e for e in self._entries.values() if isinstance(e.task, UnresolvedTask)]
-        items: list[_Item] = []
-        for entry in unresolved:
-            assert isinstance(entry.task, UnresolvedTask)
-            task = entry.task.resolve()
-            if task is not None:
-                logger.info("stored job %s can be loaded again", entry.task.task_id)
-                items.append((task, entry.rule, entry.definition.spec, None))
-        if items:
-            self._add(items, Origin.PERSISTENT, replace_existing=True)
+            return list(self._entries.values())
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -626,27 +558,12 @@ class TaskScheduler:
         logger.info("scheduler stopped")
 
     def run_forever(self) -> int:
-        """Run in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
-        Returns 0 after a graceful stop. Must be called from the main thread."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            self.start()
-            while not self._signal_stop.wait(self.config.scheduler.check_interval):
-                if self._reload_requested.is_set():
-                    self._reload_requested.clear()
-                    self.reload_config()
-            logger.info("received stop signal; shutting down")
-            self.stop(wait=True)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return 0
+        """Run in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config
+        (`reload_config`). Returns 0 after a graceful stop. Must be called from the
+        main thread."""
+        from task_scheduler.service import serve_forever
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self._reload_requested.set()
-        else:
-            self._signal_stop.set()
+        return serve_forever(self)
 
     def reload_config(self) -> bool:
         """Re-read the config file: added jobs are scheduled, removed ones dropped,
@@ -668,8 +585,7 @@ class TaskScheduler:
             config.scheduler, config.store = self.config.scheduler, self.config.store
         with self._lock:
             old = {task_id for task_id, entry in self._entries.items() if entry.origin is Origin.CONFIG}
-        new_ids = {task.task_id for task, _, _ in pairs}
-        for task_id in old - new_ids:
+        for task_id in old - {task.task_id for task, _, _ in pairs}:
             self.remove_task(task_id)
         self.config = config
         self._add([(task, rule, spec.to_dict(), None) for task, rule, spec in pairs], Origin.CONFIG, True)
@@ -684,64 +600,10 @@ class TaskScheduler:
         average_duration, ...), or with no argument the totals (total_tasks,
         running_tasks, ...) with every task's status under ``tasks``. Times are ISO
         8601 in the scheduler's zone; ``success_rate`` is a percentage."""
-        states = self.store.task_states()
-        with self._lock:
-            entries = dict(self._entries) if task_id is None else {task_id: self._entries.get(task_id)}
-            active = list(self._dispatcher.active.values())
-        running = group_running((a.record.task_id, a.record, a.deadline) for a in active)
-        now = self.clock.now()
-
-        def status(entry: Registered) -> dict[str, Any]:
-            tid = entry.task.task_id
-            options = {**entry.task.options(), "timeout": entry.timeout}
-            return task_status(options, states[tid], running.get(tid, []), now, self.timezone)
-
-        if task_id is not None:
-            entry = entries[task_id]
-            if entry is None or task_id not in states:
-                raise TaskNotFoundError(task_id)
-            return status(entry)
-        result = totals(
-            {tid: status(e) for tid, e in entries.items() if e is not None and tid in states},
-            sum(len(runs) for runs in running.values()),
-        )
-        result.update(
-            queued_runs=self._dispatcher.queued,
-            scheduler_running=self.running,
-            node_id=self.node_id,
-            uptime_seconds=None if self._started_at is None else round(time.monotonic() - self._started_at, 3),
-        )
-        if self.config.scheduler.enable_monitoring:
-            result["process"] = process_stats()
-        return result
+        return scheduler_status(self, task_id)
 
     def __enter__(self) -> TaskScheduler:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(wait=True)
-
-
-def _log_recorded(records: list[RunRecord]) -> None:
-    """One WARNING per task and outcome for occurrences recorded without running
-    (missed, skipped): a 5-second job down for two minutes is one line with the count
-    and the range, not 24; the history keeps a row for each."""
-    groups: dict[tuple[str, RunState], list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault((record.task_id, record.state), []).append(record)
-    for (task_id, state), group in groups.items():
-        first, last = group[0], group[-1]
-        if len(group) == 1:
-            logger.warning(
-                "task %s occurrence %s %s: %s", task_id, first.scheduled_for.isoformat(), state.value, first.error
-            )
-        else:
-            logger.warning(
-                "task %s: %d occurrences from %s to %s %s (first: %s)",
-                task_id,
-                len(group),
-                first.scheduled_for.isoformat(),
-                last.scheduled_for.isoformat(),
-                state.value,
-                first.error,
-            )

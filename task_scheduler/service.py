@@ -52,12 +52,35 @@ if TYPE_CHECKING:
     from task_scheduler.config import SchedulerConfig
     from task_scheduler.scheduler import TaskScheduler
 
-__all__ = ["default_pidfile", "run_service", "stop_daemon"]
+__all__ = ["default_pidfile", "run_service", "serve_forever", "stop_daemon"]
 
 logger = logging.getLogger(__name__)
 
 READY_WAIT = 120.0  # seconds ``run --daemon`` waits for the daemon to be ready
 _READY = b"R"
+
+
+def serve_forever(scheduler: TaskScheduler) -> int:
+    """`TaskScheduler.run_forever`: start, then wait for SIGTERM/SIGINT (stop
+    gracefully, return 0) while SIGHUP reloads the config. Main thread only."""
+    stop, reload = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (reload if signum == signal.SIGHUP else stop).set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        scheduler.start()
+        while not stop.wait(scheduler.config.scheduler.check_interval):
+            if reload.is_set():
+                reload.clear()
+                scheduler.reload_config()
+        logger.info("received stop signal; shutting down")
+        scheduler.stop(wait=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def default_pidfile(config: SchedulerConfig) -> Path:

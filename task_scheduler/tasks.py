@@ -12,12 +12,9 @@ import inspect
 import logging
 import os
 import random
-import selectors
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,8 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 from task_scheduler.errors import TaskError
+from task_scheduler.processes import GroupKiller, MeasuredPopen, decode, read_until_exit, report_process
 from task_scheduler.redact import is_secret, mask_values, redact_args
-from task_scheduler.resources import MeasuredPopen
 from task_scheduler.stores.base import ConcurrencyPolicy
 
 __all__ = [
@@ -508,11 +505,11 @@ class ScriptTask(BaseTask):
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, killed as a whole
         )
-        killer = _GroupKiller(process, self.kill_grace)
+        killer = GroupKiller(process, self.kill_grace)
         context.on_cancel(killer.start)
         if context.on_process is not None:
-            _report_process(context, process.pid)
-        stdout, stderr = _read_until_exit(process, context.timeout, killer, self.output_limit)
+            report_process(context, process.pid)
+        stdout, stderr = read_until_exit(process, context.timeout, killer, self.output_limit)
         if killer.started and not context.cancelled:
             context.timed_out = True
         killer.start()  # anything the script left behind in its group goes too
@@ -523,7 +520,7 @@ class ScriptTask(BaseTask):
             context.cpu_user, context.cpu_system, context.max_rss = resources
         # Secret values the script was given never reach the history, whatever it prints.
         secrets = [value for name, value in env.items() if name in self.secret_env or is_secret(name)]
-        out, err = mask_values(_decode(stdout), secrets), mask_values(_decode(stderr), secrets)
+        out, err = mask_values(decode(stdout), secrets), mask_values(decode(stderr), secrets)
         context.output = "\n".join(part for part in (out, err and f"[stderr]\n{err}") if part) or None
         if context.timed_out:
             context.error = f"timed out after {context.timeout}s; process group killed"
@@ -534,172 +531,6 @@ class ScriptTask(BaseTask):
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "script_path": str(self.script_path), "args": redact_args(self.args)}
-
-
-class _GroupKiller:
-    """SIGTERM to a process group, then SIGKILL after a grace period, at most once."""
-
-    def __init__(self, process: subprocess.Popen[bytes], grace: float) -> None:
-        self.process = process
-        self.grace = grace
-        self.started = False
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self.started:
-                return
-            self.started = True
-        if not _signal_group(self.process.pid, signal.SIGTERM):
-            return
-        self._thread = threading.Thread(target=self._escalate, name=f"kill-{self.process.pid}", daemon=True)
-        self._thread.start()
-
-    def _escalate(self) -> None:
-        # The leader may exit while others in its group ignore SIGTERM: wait for the
-        # whole group, and SIGKILL whatever is left once the grace period is over.
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and _group_alive(self.process.pid):
-            self.process.poll()  # reap the leader so a zombie does not count as alive
-            time.sleep(0.05)
-        _signal_group(self.process.pid, signal.SIGKILL)
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        self.process.wait()
-
-
-def _report_process(context: TaskContext, pid: int) -> None:
-    import psutil  # imported when needed: start-up time matters
-
-    assert context.on_process is not None
-    try:
-        started = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return  # it is gone already: nothing could be left behind by a crash
-    try:
-        context.on_process(context.run_id, pid, started)
-    except Exception:  # the run goes on: this only helps a later restart clean up
-        logger.warning("could not record process %d of run %s", pid, context.run_id, exc_info=True)
-
-
-def stop_process_group(pgid: int, grace: float) -> None:
-    """SIGTERM to a process group, then SIGKILL to what is left after ``grace``
-    seconds; returns once no process of the group runs any more (zombies waiting for
-    a parent that is not us to reap them count as gone)."""
-    if not _signal_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_running(pgid):
-        time.sleep(0.05)
-    _signal_group(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and _group_running(pgid):
-        time.sleep(0.02)
-
-
-def _group_running(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` that is not a zombie exists (/proc on Linux)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return _group_alive(pgid)
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _read_until_exit(
-    process: subprocess.Popen[bytes], timeout: float | None, killer: _GroupKiller, limit: int
-) -> tuple[bytearray, bytearray]:
-    """Read both pipes into bounded tails until the process exits and the pipes close.
-
-    Waits on a pidfd when the platform has one, so exit is seen at once even if a
-    grandchild keeps the pipes open; after exit, remaining output is drained briefly.
-    """
-    tails = {process.stdout: bytearray(), process.stderr: bytearray()}
-    selector = selectors.DefaultSelector()
-    for stream in tails:
-        assert stream is not None
-        os.set_blocking(stream.fileno(), False)
-        selector.register(stream, selectors.EVENT_READ)
-    pidfd = _pidfd(process.pid)
-    if pidfd is not None:
-        selector.register(pidfd, selectors.EVENT_READ)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    exited_at: float | None = None
-    try:
-        while len(selector.get_map()) > (1 if pidfd is not None else 0):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline and not killer.started:
-                killer.start()
-            if process.poll() is not None and exited_at is None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > 0.5:
-                break  # a grandchild holds the pipes; the group is killed by the caller
-            wait = 0.5 if pidfd is not None else 0.05
-            if deadline is not None and not killer.started:
-                wait = max(0.0, min(wait, deadline - now))
-            for key, _ in selector.select(wait):
-                if key.fileobj == pidfd:  # the process exited
-                    selector.unregister(pidfd)
-                    os.close(pidfd)
-                    pidfd = None
-                    continue
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fileobj)
-                    continue
-                tail = tails[key.fileobj]  # type: ignore[index]
-                tail += chunk
-                if len(tail) > limit:
-                    del tail[: len(tail) - limit]
-    finally:
-        selector.close()
-        if pidfd is not None:
-            os.close(pidfd)
-        for stream in tails:
-            assert stream is not None
-            stream.close()
-    process.wait()
-    out, err = tails.values()
-    return out, err
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _decode(data: bytearray) -> str:
-    return data.decode("utf-8", errors="replace")
 
 
 def _positive_or_none(task_id: str, name: str, value: float | None) -> float | None:
