@@ -3,7 +3,9 @@
 task_scheduler runs with its memory and SQLite stores; APScheduler 3 runs as a
 BackgroundScheduler with MemoryJobStore and with SQLAlchemyJobStore on SQLite. All
 use 10 worker threads (the scripts scenario uses 4) and their default settings
-otherwise: the point is what a user gets out of the box.
+otherwise: the point is what a user gets out of the box. Jobs are added the way a
+user adds them: one ``add_task`` / ``add_job`` call per job to a started scheduler
+with a listener on; ``bulk=True`` measures task_scheduler's ``add_tasks`` instead.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ SYSTEMS = ("ts-memory", "ts-sqlite", "aps-memory", "aps-sqlite")
 
 
 class TaskSchedulerSystem:
-    """task_scheduler, added to through its bulk API (``add_tasks``)."""
+    """task_scheduler: ``add_task`` per job, or its bulk ``add_tasks`` (``bulk``)."""
 
-    def __init__(self, store: str, directory: Path, workers: int = 10) -> None:
+    def __init__(self, store: str, directory: Path, workers: int = 10, bulk: bool = False) -> None:
         from task_scheduler import SchedulerConfig, TaskScheduler
 
         url = "memory://" if store == "memory" else "sqlite://state.db"
@@ -42,6 +44,7 @@ class TaskSchedulerSystem:
             }
         )
         self.scheduler = TaskScheduler(self.config)
+        self.bulk = bulk
         self.pending: list[Any] = []
         self.missed_count = 0
         from task_scheduler import EventType
@@ -57,26 +60,37 @@ class TaskSchedulerSystem:
     def add_interval(self, job_id: str, seconds: float, start: datetime, func: Callable[..., Any], *args: Any) -> None:
         from task_scheduler import FunctionTask, IntervalRule
 
-        self.pending.append((FunctionTask(job_id, None, func, args=args), IntervalRule(seconds=seconds, start=start)))
+        self._add(FunctionTask(job_id, None, func, args=args), IntervalRule(seconds=seconds, start=start))
 
     def add_once(self, job_id: str, when: datetime, func: Callable[..., Any], *args: Any) -> None:
         from task_scheduler import FunctionTask, OnceRule
 
-        self.pending.append((FunctionTask(job_id, None, func, args=args), OnceRule(run_at=when)))
+        self._add(FunctionTask(job_id, None, func, args=args), OnceRule(run_at=when))
 
     def add_cron(self, job_id: str, expression: str, func: Callable[..., Any]) -> None:
         from task_scheduler import CronRule, FunctionTask
 
-        self.pending.append((FunctionTask(job_id, None, func), CronRule(cron=expression)))
+        self._add(FunctionTask(job_id, None, func), CronRule(cron=expression))
 
     def add_script(self, job_id: str, when: datetime, path: str) -> None:
         from task_scheduler import OnceRule, ScriptTask
 
-        self.pending.append((ScriptTask(job_id, None, path, timeout=60), OnceRule(run_at=when)))
+        self._add(ScriptTask(job_id, None, path, timeout=60), OnceRule(run_at=when))
+
+    def add_persistent(self, job_id: str, seconds: float) -> None:
+        """A job the store keeps (restored by the next process), by reference."""
+        self.scheduler.add_job({"id": job_id, "function": "bench.jobs:noop", "schedule": {"interval": seconds}})
+
+    def _add(self, task: Any, rule: Any) -> None:
+        if self.bulk:
+            self.pending.append((task, rule))
+        else:
+            self.scheduler.add_task(task, rule)
 
     def flush(self) -> None:
-        self.scheduler.add_tasks(self.pending)
-        self.pending = []
+        if self.pending:
+            self.scheduler.add_tasks(self.pending)
+            self.pending = []
 
     def missed(self) -> int:
         return self.missed_count
@@ -98,9 +112,10 @@ class TaskSchedulerSystem:
 
 
 class APSchedulerSystem:
-    """APScheduler 3 BackgroundScheduler with its defaults (misfire_grace_time=1)."""
+    """APScheduler 3 BackgroundScheduler with its defaults (misfire_grace_time=1), or
+    with the grace turned off (``grace=False``: it otherwise drops queued jobs)."""
 
-    def __init__(self, store: str, directory: Path, workers: int = 10) -> None:
+    def __init__(self, store: str, directory: Path, workers: int = 10, grace: bool = True) -> None:
         from apscheduler.events import EVENT_JOB_MISSED
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.memory import MemoryJobStore
@@ -113,7 +128,10 @@ class APSchedulerSystem:
 
             jobstore = SQLAlchemyJobStore(url=f"sqlite:///{directory / 'aps.db'}")
         self.scheduler = BackgroundScheduler(
-            jobstores={"default": jobstore}, executors={"default": ThreadPoolExecutor(workers)}, timezone="UTC"
+            jobstores={"default": jobstore},
+            executors={"default": ThreadPoolExecutor(workers)},
+            job_defaults={} if grace else {"misfire_grace_time": None},
+            timezone="UTC",
         )
         self.missed_count = 0
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
@@ -138,6 +156,11 @@ class APSchedulerSystem:
     def add_script(self, job_id: str, when: datetime, path: str) -> None:
         self.scheduler.add_job(run_script, "date", run_date=when, args=(path,), id=job_id)
 
+    def add_persistent(self, job_id: str, seconds: float) -> None:
+        from bench.jobs import noop
+
+        self.scheduler.add_job(noop, "interval", seconds=seconds, id=job_id)
+
     def flush(self) -> None:
         """Jobs were added one by one already (APScheduler 3 has no bulk API)."""
 
@@ -160,11 +183,13 @@ def run_script(path: str) -> None:
     subprocess.run([path], check=False)
 
 
-def make(system: str, directory: Path, workers: int = 10) -> TaskSchedulerSystem | APSchedulerSystem:
+def make(
+    system: str, directory: Path, workers: int = 10, *, bulk: bool = False, grace: bool = True
+) -> TaskSchedulerSystem | APSchedulerSystem:
     family, store = system.split("-")
     if family == "ts":
-        return TaskSchedulerSystem(store, directory, workers)
-    return APSchedulerSystem(store, directory, workers)
+        return TaskSchedulerSystem(store, directory, workers, bulk=bulk)
+    return APSchedulerSystem(store, directory, workers, grace=grace)
 
 
 def utc_in(seconds: float) -> datetime:

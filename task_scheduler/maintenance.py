@@ -113,7 +113,9 @@ class Maintenance:
                 started = psutil.Process(record.pid).create_time()
             except psutil.Error:
                 continue  # gone already
-            if record.pid_started is None or abs(started - record.pid_started) > 0.5:
+            # The recorded time is the wall clock when the script started; the kernel's
+            # counts from a boot time with one-second resolution: 2 s tells a reused pid.
+            if record.pid_started is None or abs(started - record.pid_started) > 2.0:
                 continue  # the pid now belongs to another process
             logger.warning(
                 "stopping process group %d left running by task %s run %s of a dead scheduler process",

@@ -13,10 +13,10 @@ seconds and peak RSS end up in the run record (``cpu_user``, ``cpu_system``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
-import selectors
 import signal
 import subprocess
 import sys
@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from task_scheduler.tasks import TaskContext
 
-__all__ = ["GroupKiller", "MeasuredPopen", "decode", "read_until_exit", "report_process", "stop_process_group"]
+__all__ = [
+    "GroupKiller", "MeasuredPopen", "decode", "devnull", "read_until_exit", "report_process", "stop_process_group",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -165,17 +167,20 @@ class GroupKiller:
 
 
 def report_process(context: TaskContext, pid: int) -> None:
-    import psutil  # imported when needed: start-up time matters
-
+    """Record the script's pid and start time (this moment: its process exists, and a
+    restart only compares it with the kernel's to within 2 s to tell a reused pid)."""
     assert context.on_process is not None
     try:
-        started = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return  # it is gone already: nothing could be left behind by a crash
-    try:
-        context.on_process(context.run_id, pid, started)
+        context.on_process(context.run_id, pid, time.time())
     except Exception:  # the run goes on: this only helps a later restart clean up
         logger.warning("could not record process %d of run %s", pid, context.run_id, exc_info=True)
+
+
+@functools.cache
+def devnull() -> int:
+    """One read-only descriptor of /dev/null for every script's stdin (Popen's
+    ``DEVNULL`` opens and closes one per process)."""
+    return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
 
 def stop_process_group(pgid: int, grace: float) -> None:
@@ -235,50 +240,51 @@ def read_until_exit(
     Waits on a pidfd when the platform has one, so exit is seen at once even if a
     grandchild keeps the pipes open; after exit, remaining output is drained briefly.
     """
-    tails = {process.stdout: bytearray(), process.stderr: bytearray()}
-    selector = selectors.DefaultSelector()
-    for stream in tails:
-        assert stream is not None
-        os.set_blocking(stream.fileno(), False)
-        selector.register(stream, selectors.EVENT_READ)
+    streams = [process.stdout, process.stderr]
+    tails = {stream.fileno(): bytearray() for stream in streams if stream is not None}
+    poller = select.poll()
+    for fd in tails:
+        os.set_blocking(fd, False)
+        poller.register(fd, select.POLLIN)
     pidfd = _pidfd(process.pid)
     if pidfd is not None:
-        selector.register(pidfd, selectors.EVENT_READ)
+        poller.register(pidfd, select.POLLIN)
+    open_pipes = len(tails)
     deadline = None if timeout is None else time.monotonic() + timeout
     exited_at: float | None = None
     try:
-        while len(selector.get_map()) > (1 if pidfd is not None else 0):
+        while open_pipes or exited_at is None:  # until it exited and its pipes closed
             now = time.monotonic()
             if deadline is not None and now >= deadline and not killer.started:
                 killer.start()
             if process.poll() is not None and exited_at is None:
                 exited_at = now
-            if exited_at is not None and now - exited_at > 0.5:
-                break  # a grandchild holds the pipes; the group is killed by the caller
+            if exited_at is not None and (now - exited_at > 0.5 or not open_pipes):
+                break  # a grandchild holds the pipes (the caller kills the group), or all is read
             wait = 0.5 if pidfd is not None else 0.05
             if deadline is not None and not killer.started:
                 wait = max(0.0, min(wait, deadline - now))
-            for key, _ in selector.select(wait):
-                if key.fileobj == pidfd:  # the process exited
-                    selector.unregister(pidfd)
+            for fd, _ in poller.poll(wait * 1000):
+                if fd == pidfd:  # the process exited
+                    poller.unregister(pidfd)
                     os.close(pidfd)
                     pidfd = None
                     continue
-                chunk = os.read(key.fd, 65536)
+                chunk = os.read(fd, 65536)
                 if not chunk:
-                    selector.unregister(key.fileobj)
+                    poller.unregister(fd)
+                    open_pipes -= 1
                     continue
-                tail = tails[key.fileobj]  # type: ignore[index]
+                tail = tails[fd]
                 tail += chunk
                 if len(tail) > limit:
                     del tail[: len(tail) - limit]
     finally:
-        selector.close()
         if pidfd is not None:
             os.close(pidfd)
-        for stream in tails:
-            assert stream is not None
-            stream.close()
+        for stream in streams:
+            if stream is not None:
+                stream.close()
     process.wait()
     out, err = tails.values()
     return out, err

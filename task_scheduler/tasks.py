@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from task_scheduler.errors import TaskError
-from task_scheduler.processes import GroupKiller, MeasuredPopen, decode, read_until_exit, report_process
+from task_scheduler.processes import GroupKiller, MeasuredPopen, decode, devnull, read_until_exit, report_process
 from task_scheduler.redact import is_secret, mask_values, redact_args
 from task_scheduler.stores.base import ConcurrencyPolicy
 
@@ -500,7 +500,7 @@ class ScriptTask(BaseTask):
             self.command(),
             cwd=self.working_dir or self.base_dir,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=devnull(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, killed as a whole
