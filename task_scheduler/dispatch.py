@@ -141,7 +141,8 @@ class Dispatcher:
             with self._progress:
                 self._finished.append(final)
                 first = len(self._finished) == 1
-                self._progress.notify_all()
+                if first:  # `wait` waits for the first finished run of a batch
+                    self._progress.notify_all()
             if first:  # one wake per batch: the loop collects everything finished so far
                 self._wake()
 

@@ -11,6 +11,7 @@ scheme, host and port (`mask_url`): a webhook's secret is often its path.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ _URL_KEYS = ("webhook", "url")  # values shown as scheme://host only (see mask_u
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^/\s@]+)(?=@)", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every variable of every script run
 def is_secret(name: str) -> bool:
     """Whether a key or flag name looks like it holds a secret."""
     return _SECRET_NAME.fullmatch(name.lstrip("-")) is not None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -53,9 +52,10 @@ class MemoryStore:
         self._late: dict[str, None] = {}
         # History as plain tuples: the garbage collector stops tracking tuples of
         # strings, numbers and datetimes, so a large history costs no GC pauses.
-        self._history: dict[str, deque[tuple[Any, ...]]] = {}
+        self._history: dict[str, list[tuple[Any, ...]]] = {}  # a list: one-time tasks keep one row
         self._nodes: dict[str, NodeInfo] = {}
-        self._registrations: dict[str, dict[str, str]] = {}  # task_id -> node -> fingerprint
+        # node -> task_id -> fingerprint (one dict per node, not one per task)
+        self._registrations: dict[str, dict[str, str]] = {}
         self._revision = 0
         self._max_history = max_history_per_task
         self.shared = MemorySharedValues()
@@ -81,7 +81,7 @@ class MemoryStore:
                 self._states[task_id] = state
                 self._definitions[task_id] = definition
                 if node is not None:
-                    self._registrations.setdefault(task_id, {})[node] = definition.fingerprint
+                    self._registrations.setdefault(node, {})[task_id] = definition.fingerprint
                 self._push(state)
                 result[task_id] = replace(state)
             return result
@@ -89,11 +89,10 @@ class MemoryStore:
     def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
         with self._lock:
             for task_id in task_ids:
-                registered = self._registrations.get(task_id, {})
                 definition = self._definitions.get(task_id)
                 if node is not None:
-                    registered.pop(node, None)
-                    if registered and (definition is None or definition.origin is not Origin.PERSISTENT):
+                    self._registrations.get(node, {}).pop(task_id, None)
+                    if self._registered(task_id) and (definition is None or definition.origin is not Origin.PERSISTENT):
                         continue
                 self._unschedule(task_id)
 
@@ -102,7 +101,7 @@ class MemoryStore:
             orphans = [
                 task_id
                 for task_id, definition in self._definitions.items()
-                if definition.origin is not Origin.PERSISTENT and not self._registrations.get(task_id)
+                if definition.origin is not Origin.PERSISTENT and not self._registered(task_id)
             ]
             for task_id in orphans:
                 self._unschedule(task_id)
@@ -137,8 +136,12 @@ class MemoryStore:
 
     def _claimable(self, task_id: str, node: str) -> bool:
         """Whether ``node`` registered the task with its stored fingerprint."""
-        registered, state = self._registrations.get(task_id), self._states.get(task_id)
-        return registered is not None and state is not None and registered.get(node) == state.fingerprint
+        state = self._states.get(task_id)
+        return state is not None and self._registrations.get(node, {}).get(task_id) == state.fingerprint
+
+    def _registered(self, task_id: str) -> bool:
+        """Whether any node has the task registered."""
+        return any(task_id in registered for registered in self._registrations.values())
 
     def _claim_pending(self, run_id: str, task_id: str, node: str, lease_until: datetime, claim: Claim) -> bool:
         """Start one SCHEDULED row; False when it has to wait."""
@@ -258,7 +261,7 @@ class MemoryStore:
                 self._forget_node(node)
             if silent:
                 for task_id, definition in list(self._definitions.items()):
-                    if definition.origin is not Origin.PERSISTENT and not self._registrations.get(task_id):
+                    if definition.origin is not Origin.PERSISTENT and not self._registered(task_id):
                         self._unschedule(task_id)
             return interrupted
 
@@ -269,8 +272,7 @@ class MemoryStore:
 
     def _forget_node(self, node: str) -> None:
         self._nodes.pop(node, None)
-        for registered in self._registrations.values():
-            registered.pop(node, None)
+        self._registrations.pop(node, None)
 
     def _interrupt(self, which: Callable[[RunRecord], bool], now: datetime, reason: str) -> list[RunRecord]:
         interrupted = []
@@ -298,7 +300,7 @@ class MemoryStore:
                 if keep_per_task is not None:
                     kept = kept[-keep_per_task:] if keep_per_task else []
                 removed += len(pool) - len(kept)
-                self._history[task_id] = deque(kept, maxlen=self._max_history)
+                self._history[task_id] = kept
             return removed
 
     # -- queries --------------------------------------------------------------------
@@ -323,7 +325,7 @@ class MemoryStore:
 
     def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
         with self._lock:
-            pools = [self._history.get(task_id, deque())] if task_id else list(self._history.values())
+            pools = [self._history.get(task_id, [])] if task_id else list(self._history.values())
             records = [_unpack(r) for pool in pools for r in pool if state is None or r[3] == state.value]
         records.sort(key=lambda r: (r.finished_at or r.scheduled_for, r.scheduled_for), reverse=True)
         return records[:limit]
@@ -349,7 +351,8 @@ class MemoryStore:
         definition = self._definitions.pop(task_id, None)
         if definition is not None and definition.origin is Origin.PERSISTENT:
             self._revision += 1
-        self._registrations.pop(task_id, None)
+        for registered in self._registrations.values():
+            registered.pop(task_id, None)
         state = self._states.pop(task_id, None)
         if state is not None:
             self._removed[task_id] = state
@@ -358,7 +361,7 @@ class MemoryStore:
     def _replace_interrupted(self, record: RunRecord, retried: bool) -> None:
         """A run recorded INTERRUPTED when its lease lapsed reported its real outcome
         after all: the outcome replaces the interruption in history and counters."""
-        pool = self._history.get(record.task_id, deque())
+        pool = self._history.get(record.task_id, [])
         for index, row in enumerate(pool):
             if row[0] == record.run_id:
                 pool[index] = _pack(record)
@@ -371,8 +374,10 @@ class MemoryStore:
     def _record_final(self, record: RunRecord, retried: bool = False) -> None:
         pool = self._history.get(record.task_id)
         if pool is None:
-            pool = self._history[record.task_id] = deque(maxlen=self._max_history)
+            pool = self._history[record.task_id] = []
         pool.append(_pack(record))
+        if len(pool) > self._max_history:
+            del pool[0]
         state = self._states.get(record.task_id) or self._removed.get(record.task_id)
         if state is not None:
             state.count(record, retried)
