@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from task_scheduler.errors import ConfigError, TaskSchedulerError
+from task_scheduler.errors import ConfigError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.jobs import JobSpec, UnresolvedTask
 from task_scheduler.schedules import ScheduleRule
 from task_scheduler.stores.base import Origin
@@ -44,6 +44,7 @@ class StoredJobs:
         self._revision = scheduler.store.revision()
         self._next_check = 0.0  # on the scheduler's monotonic clock
         self._next_retry = 0.0
+        self._unresolved: dict[str, Item] = {}  # tried again until they load (or go)
 
     def poll(self) -> None:
         """Called every loop step; does something every check_interval at most."""
@@ -87,15 +88,25 @@ class StoredJobs:
             return task, rule, data, None
         except ConfigError as exc:
             logger.error("%s: its runs fail until this is fixed or the job is removed", exc)
-            return UnresolvedTask(spec, str(exc), config), ScheduleRule.from_dict(spec.schedule), data, str(exc)
+            item = (UnresolvedTask(spec, str(exc), config), ScheduleRule.from_dict(spec.schedule), data, str(exc))
+            self._unresolved[item[0].task_id] = item
+            return item
 
     def _retry_unresolved(self) -> None:
         items: list[Item] = []
-        for entry in self._scheduler._registered():
-            if isinstance(entry.task, UnresolvedTask):
-                task = entry.task.resolve()
-                if task is not None:
-                    logger.info("stored job %s can be loaded again", entry.task.task_id)
-                    items.append((task, entry.rule, entry.definition.spec, None))
+        for task_id, (task, rule, data, _) in list(self._unresolved.items()):
+            try:
+                registered = self._scheduler.get_task(task_id)
+            except TaskNotFoundError:
+                registered = None
+            if registered is not task:  # removed or replaced since
+                del self._unresolved[task_id]
+                continue
+            assert isinstance(task, UnresolvedTask)
+            resolved = task.resolve()
+            if resolved is not None:
+                logger.info("stored job %s can be loaded again", task_id)
+                items.append((resolved, rule, data, None))
+                del self._unresolved[task_id]
         if items:
             self._scheduler._add(items, Origin.PERSISTENT, replace_existing=True)
