@@ -46,8 +46,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -364,6 +362,9 @@ class Notifier:
         return f"command {(delivery.settings.command or [''])[0]}"
 
     def _post(self, url: str, headers: Mapping[str, str], body: dict[str, Any], timeout: float) -> None:
+        import urllib.error  # imported when needed: urllib.request costs ~60 ms at start-up
+        import urllib.request
+
         from task_scheduler import __version__
 
         request = urllib.request.Request(
