@@ -352,10 +352,11 @@ class TaskScheduler:
         for record in claim.runs:
             self._submit(record, now)
         self._dispatcher.start_delayed(now)
-        if claim.more:
-            # Let the workers take the GIL now: the loop would otherwise keep it for a
-            # whole switch interval (5 ms) claiming the next batch before any run starts.
+        if claim.runs:
+            # Let the workers take the GIL now: the loop would otherwise keep it until it
+            # sleeps, or for a whole switch interval (5 ms) claiming the next batch.
             time.sleep(0)
+        if claim.more:
             self._claim_batch = min(self._claim_limit, 4 * self._claim_batch)
             self._wake_at = now
             return 0.0
@@ -364,7 +365,11 @@ class TaskScheduler:
         if wake_times:
             interval = min(interval, max(0.0, (min(wake_times) - now).total_seconds()))
         self._wake_at = now + timedelta(seconds=interval)
-        return interval
+        if fixed:
+            return interval
+        # Counted from now, not from the start of the step: the claim, the hand-off and
+        # the workers' turn with the GIL took time, and the next fire must not wait for it.
+        return max(0.0, (self._wake_at - self._now()).total_seconds())
 
     def _now(self) -> datetime:
         """The wall clock corrected by this node's skew against the store."""

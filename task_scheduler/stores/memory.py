@@ -83,7 +83,7 @@ class MemoryStore:
                 if node is not None:
                     self._registrations.setdefault(node, {})[task_id] = definition.fingerprint
                 self._push(state)
-                result[task_id] = replace(state)
+                result[task_id] = state.copy()
             return result
 
     def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
@@ -233,7 +233,7 @@ class MemoryStore:
                 raise TaskNotFoundError(task_id)
             state.paused = paused
             self._push(state)
-            return replace(state)
+            return state.copy()
 
     def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
         with self._lock:
@@ -306,7 +306,7 @@ class MemoryStore:
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
         with self._lock:
-            return {task_id: replace(state) for task_id, state in self._states.items()}
+            return {task_id: state.copy() for task_id, state in self._states.items()}
 
     def job_specs(self, origin: Origin | None = None) -> dict[str, dict[str, Any]]:
         with self._lock:
