@@ -107,6 +107,7 @@ class StoredJobs:
             if resolved is not None:
                 logger.info("stored job %s can be loaded again", task_id)
                 items.append((resolved, rule, data, None))
-                del self._unresolved[task_id]
         if items:
             self._scheduler._add(items, Origin.PERSISTENT, replace_existing=True)
+            for item in items:
+                del self._unresolved[item[0].task_id]
