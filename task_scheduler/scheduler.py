@@ -576,27 +576,9 @@ class TaskScheduler:
         logged and changes nothing. Tasks added through the API are left alone. The
         ``scheduler`` and ``store`` sections (workers, zone, store) apply at the next
         start. Returns whether it applied."""
-        if not self.config.source:
-            logger.warning("reload requested but the scheduler has no config file")
-            return False
-        try:
-            config = load_config(self.config.source)
-            pairs = config.build_tasks()
-        except TaskSchedulerError as exc:
-            logger.error("config reload rejected, keeping the running config: %s", exc)
-            return False
-        if (config.scheduler, config.store) != (self.config.scheduler, self.config.store):
-            logger.warning("the scheduler and store sections changed; they apply at the next start")
-            config.scheduler, config.store = self.config.scheduler, self.config.store
-        with self._lock:
-            old = {task_id for task_id, entry in self._entries.items() if entry.origin is Origin.CONFIG}
-        for task_id in old - {task.task_id for task, _, _ in pairs}:
-            self.remove_task(task_id)
-        self.config = config
-        self._add([(task, rule, spec.to_dict(), None) for task, rule, spec in pairs], Origin.CONFIG, True)
-        configure_logging(config)
-        logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
-        return True
+        from task_scheduler.service import reload_config
+
+        return reload_config(self)
 
     # -- status ---------------------------------------------------------------------
     def get_task_status(self, task_id: str | None = None) -> dict[str, Any]:

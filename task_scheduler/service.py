@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from task_scheduler.config import SchedulerConfig
     from task_scheduler.scheduler import TaskScheduler
 
-__all__ = ["default_pidfile", "run_service", "serve_forever", "stop_daemon"]
+__all__ = ["default_pidfile", "reload_config", "run_service", "serve_forever", "stop_daemon"]
 
 logger = logging.getLogger(__name__)
 
@@ -299,4 +299,34 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def reload_config(scheduler: TaskScheduler) -> bool:
+    """`TaskScheduler.reload_config`: re-read the config file and apply its jobs,
+    task defaults and logging (SIGHUP)."""
+    from task_scheduler.config import load_config
+    from task_scheduler.logs import configure_logging
+    from task_scheduler.stores.base import Origin
+
+    if not scheduler.config.source:
+        logger.warning("reload requested but the scheduler has no config file")
+        return False
+    try:
+        config = load_config(scheduler.config.source)
+        pairs = config.build_tasks()
+    except TaskSchedulerError as exc:
+        logger.error("config reload rejected, keeping the running config: %s", exc)
+        return False
+    if (config.scheduler, config.store) != (scheduler.config.scheduler, scheduler.config.store):
+        logger.warning("the scheduler and store sections changed; they apply at the next start")
+        config.scheduler, config.store = scheduler.config.scheduler, scheduler.config.store
+    with scheduler._lock:
+        old = {task_id for task_id, entry in scheduler._entries.items() if entry.origin is Origin.CONFIG}
+    for task_id in old - {task.task_id for task, _, _ in pairs}:
+        scheduler.remove_task(task_id)
+    scheduler.config = config
+    scheduler._add([(task, rule, spec.to_dict(), None) for task, rule, spec in pairs], Origin.CONFIG, True)
+    configure_logging(config)
+    logger.info("config reloaded from %s: %d job(s)", config.source, len(pairs))
     return True

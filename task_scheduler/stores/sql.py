@@ -36,12 +36,9 @@ from task_scheduler.stores.base import (
     RunState,
     TaskDefinition,
     TaskState,
-    decide,
-    exhausted,
     new_run_id,
-    record_for,
-    recovery_of,
 )
+from task_scheduler.stores.policy import decide, exhausted, record_for, recovery_of
 from task_scheduler.stores.sql_queries import (
     REGISTERED,
     RUN_COLUMNS,
