@@ -63,7 +63,7 @@ def register(
     retry = _retry_policy(
         _first(task.max_retries, defaults.max_retries),
         _first(task.retry_delay, defaults.retry_delay),
-        task.retry_backoff or Backoff(defaults.retry_backoff),
+        task.retry_backoff or defaults.retry_backoff,
         _first(task.max_retry_delay, defaults.max_retry_delay),
         defaults.retry_on_timeout,
         defaults.retry_jitter,
@@ -91,10 +91,10 @@ def register(
 
 @lru_cache(maxsize=256)
 def _retry_policy(
-    max_retries: int, retry_delay: float, backoff: Backoff, max_delay: float, on_timeout: bool, jitter: float
+    max_retries: int, retry_delay: float, backoff: Backoff | str, max_delay: float, on_timeout: bool, jitter: float
 ) -> RetryPolicy:
     """Tasks with the same settings share one (immutable) policy."""
-    return RetryPolicy(max_retries, retry_delay, backoff, max_delay, on_timeout, jitter)
+    return RetryPolicy(max_retries, retry_delay, Backoff(backoff), max_delay, on_timeout, jitter)
 
 
 def _first(value: Any, default: Any) -> Any:

@@ -54,7 +54,18 @@ __all__ = [
 
 _ONE_SECOND = timedelta(seconds=1)
 _COMMON_KEYWORDS = ("timezone", "start", "end", "jitter")
-_FINGERPRINTS: dict[tuple[Any, ...], str] = {}  # rule identity -> fingerprint (bounded)
+_FINGERPRINTS: dict[tuple[Any, ...], str] = {}  # rule identity -> fingerprint or template (bounded)
+_START = "\x00start\x00"  # where a template takes the rule's start
+_START_TEXT = repr(_START)
+
+
+def _fingerprint_text(data: dict[str, Any]) -> str:
+    """The fingerprint of a rule's `to_dict` (a stored format: never change it)."""
+    if isinstance(data.get("timezone"), tzinfo):
+        data["timezone"] = str(data["timezone"])
+    return repr(sorted(data.items()))
+
+
 # The keywords each rule type takes in its object form (config, JobSpec, API).
 _KEYWORDS = {
     "interval": ("weeks", "days", "hours", "minutes", "seconds", *_COMMON_KEYWORDS),
@@ -213,23 +224,38 @@ class ScheduleRule:
 
     def fingerprint(self) -> str:
         """A stable text identity: a changed fingerprint means the task is rescheduled.
-        Equal rules share one string (many tasks often share a rule)."""
+        Equal rules share one string (many tasks often share a rule); rules equal but
+        for their ``start`` share a template the start is put into."""
         if self._fingerprint is None:
-            identity = self._identity()
-            fingerprint = _FINGERPRINTS.get(identity) if identity is not None else None
-            if fingerprint is None:
-                data = self.to_dict()
-                if isinstance(data.get("timezone"), tzinfo):
-                    data["timezone"] = str(data["timezone"])
-                fingerprint = sys.intern(repr(sorted(data.items())))
-                if identity is not None and len(_FINGERPRINTS) < 4096:
-                    _FINGERPRINTS[identity] = fingerprint
-            self._fingerprint = fingerprint
+            self._fingerprint = self._make_fingerprint()
         return self._fingerprint
 
+    def _make_fingerprint(self) -> str:
+        identity = self._identity()
+        if identity is None:
+            return sys.intern(_fingerprint_text(self.to_dict()))
+        if self.start is None:
+            fingerprint = _FINGERPRINTS.get(identity)
+            if fingerprint is None:
+                fingerprint = sys.intern(_fingerprint_text(self.to_dict()))
+                if len(_FINGERPRINTS) < 4096:
+                    _FINGERPRINTS[identity] = fingerprint
+            return fingerprint
+        fingerprint = _FINGERPRINTS.get((identity, self.start))
+        if fingerprint is None:
+            template = _FINGERPRINTS.get((identity, _START))
+            if template is None:
+                template = _fingerprint_text({**self.to_dict(), "start": _START})
+                if len(_FINGERPRINTS) < 4096:
+                    _FINGERPRINTS[(identity, _START)] = template
+            fingerprint = template.replace(_START_TEXT, repr(self.start.isoformat()))
+            if len(_FINGERPRINTS) < 4096:
+                _FINGERPRINTS[(identity, self.start)] = fingerprint
+        return fingerprint
+
     def _identity(self) -> tuple[Any, ...] | None:
-        """Everything that makes two rules equal, as a key for the fingerprint cache;
-        None: do not cache (a rule type that does not say)."""
+        """Everything but ``start`` that makes two rules equal, as a key for the
+        fingerprint cache; None: do not cache (a rule type that does not say)."""
         return None
 
     def jitter_offset(self, task_id: str, fire_time: datetime) -> timedelta:
@@ -353,7 +379,7 @@ class IntervalRule(ScheduleRule):
         return _describe_interval(self.period, self.start_now)
 
     def _identity(self) -> tuple[Any, ...] | None:
-        return (IntervalRule, self.period, self.start_now, self.start, self.end, self.timezone, self.jitter)
+        return (IntervalRule, self.period, self.start_now, self.end, self.timezone, self.jitter)
 
     def to_dict(self) -> dict[str, Any]:
         common = self._common_dict()

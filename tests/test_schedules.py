@@ -372,3 +372,33 @@ def test_fixed_time_seen_from_inside_the_second_pass_waits_for_the_next_day() ->
             assert fires_until(CronRule(cron="*/15 2 * * *", timezone=window_zone), window_start, window_end) == (
                 reference_until("*/15 2 * * *", window_zone, window_start, window_end)
             )
+
+
+@pytest.mark.parametrize(
+    ("rule", "stored"),
+    [
+        (IntervalRule(seconds=30), "[('interval', {'seconds': 30.0})]"),
+        (IntervalRule(minutes=1, start="now"), "[('interval', {'seconds': 60.0}), ('start', 'now')]"),
+        (
+            IntervalRule(seconds=30, start=utc(2024, 1, 1, 0, 0, 7)),
+            "[('interval', {'seconds': 30.0}), ('start', '2024-01-01T00:00:07+00:00')]",
+        ),
+        (
+            IntervalRule(hours=1, start="2024-03-01T12:00:00.250000", end=utc(2027, 1, 1), timezone=BERLIN, jitter=5),
+            "[('end', '2027-01-01T00:00:00+00:00'), ('interval', {'seconds': 3600.0}), ('jitter', 5.0), "
+            "('start', '2024-03-01T11:00:00.250000+00:00'), ('timezone', 'Europe/Berlin')]",
+        ),
+        (CronRule(cron="0 2 * * *", timezone=NEW_YORK), "[('cron', '0 2 * * *'), ('timezone', 'America/New_York')]"),
+        (OnceRule(run_at=utc(2024, 5, 1)), "[('once', '2024-05-01T00:00:00+00:00')]"),
+    ],
+)
+def test_fingerprints_keep_their_stored_format(rule: ScheduleRule, stored: str) -> None:
+    """Stores compare fingerprints across versions: a changed text would reschedule
+    every stored task once. Rules alike but for their start share a cached template,
+    so many such rules in a row must each still get their own start."""
+    assert rule.fingerprint() == stored
+    if rule.start is not None:
+        for seconds in (1, 3601, 86_400 * 400):
+            later = rule.start + timedelta(seconds=seconds, microseconds=seconds % 7)
+            twin = type(rule).from_dict({**rule.to_dict(), "start": later.isoformat()})
+            assert twin.fingerprint() == stored.replace(rule.start.isoformat(), later.isoformat())

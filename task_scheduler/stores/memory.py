@@ -35,13 +35,12 @@ class MemoryStore:
 
     def __init__(self, max_history_per_task: int = 1000) -> None:
         self._lock = threading.Lock()
-        self._definitions: dict[str, TaskDefinition] = {}
-        self._states: dict[str, TaskState] = {}
-        self._removed: dict[str, TaskState] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._removed: dict[str, _Task] = {}  # unscheduled: their counters stay for late outcomes
         # Lazy-deletion heap of (next_run_at, version, task_id): an entry is live only
-        # while its version matches the task's, so a reschedule never searches the heap.
+        # while its version matches the scheduled task's, so a reschedule never searches
+        # the heap.
         self._heap: list[tuple[datetime, int, str]] = []
-        self._versions: dict[str, int] = {}
         self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
         self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> SCHEDULED/RUNNING row
         self._leases: dict[str, datetime] = {}
@@ -63,33 +62,33 @@ class MemoryStore:
             result = {}
             for definition in definitions:
                 task_id = definition.task_id
-                state = self._states.get(task_id) or self._removed.pop(task_id, None)
-                if state is None or state.fingerprint != definition.fingerprint:
-                    state = state or TaskState(task_id)
-                    state.fingerprint = definition.fingerprint
-                    state.next_run_at = definition.first_fire
-                    state.finished = definition.first_fire is None
-                state.name, state.schedule = definition.name, definition.schedule
-                state.origin, state.problem = definition.origin, definition.problem
-                if Origin.PERSISTENT in (definition.origin, getattr(self._definitions.get(task_id), "origin", None)):
-                    old = self._definitions.get(task_id)
-                    if old is None or (old.spec, old.fingerprint) != (definition.spec, definition.fingerprint):
-                        self._revision += 1
-                self._states[task_id] = state
-                self._definitions[task_id] = definition
+                task = self._tasks.get(task_id)
+                old = task.definition if task is not None else None
+                task = task or self._removed.pop(task_id, None)
+                if task is None:
+                    task = _Task(definition)
+                elif task.definition.fingerprint != definition.fingerprint:
+                    task.next_run_at = definition.first_fire
+                    task.finished = definition.first_fire is None
+                if Origin.PERSISTENT in (definition.origin, getattr(old, "origin", None)) and (
+                    old is None or (old.spec, old.fingerprint) != (definition.spec, definition.fingerprint)
+                ):
+                    self._revision += 1
+                task.definition = definition
+                self._tasks[task_id] = task
                 if node is not None:
                     self._registrations.setdefault(node, {})[task_id] = definition.fingerprint
-                self._push(state)
-                result[task_id] = state.copy()
+                self._push(task)
+                result[task_id] = task.state()
             return result
 
     def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
         with self._lock:
             for task_id in task_ids:
-                definition = self._definitions.get(task_id)
+                task = self._tasks.get(task_id)
                 if node is not None:
                     self._registrations.get(node, {}).pop(task_id, None)
-                    if self._registered(task_id) and (definition is None or definition.origin is not Origin.PERSISTENT):
+                    if self._registered(task_id) and (task is None or task.definition.origin is not Origin.PERSISTENT):
                         continue
                 self._unschedule(task_id)
 
@@ -97,8 +96,8 @@ class MemoryStore:
         with self._lock:
             orphans = [
                 task_id
-                for task_id, definition in self._definitions.items()
-                if definition.origin is not Origin.PERSISTENT and not self._registered(task_id)
+                for task_id, task in self._tasks.items()
+                if task.definition.origin is not Origin.PERSISTENT and not self._registered(task_id)
             ]
             for task_id in orphans:
                 self._unschedule(task_id)
@@ -116,11 +115,11 @@ class MemoryStore:
             others = []  # due entries of tasks this node may not claim: put back untouched
             while self._heap and self._heap[0][0] <= now and len(claim.runs) < limit:
                 due = heapq.heappop(self._heap)
-                task_id = due[2]
-                if self._versions.get(task_id) != due[1]:
+                task = self._tasks.get(due[2])
+                if task is None or task.version != due[1]:
                     continue
-                if self._claimable(task_id, node):
-                    self._claim_task(task_id, now, node, lease_until, next_fire, claim)
+                if self._registrations.get(node, {}).get(due[2]) == task.definition.fingerprint:
+                    self._claim_task(task, now, node, lease_until, next_fire, claim)
                 else:
                     others.append(due)
             for entry in waiting:
@@ -133,8 +132,8 @@ class MemoryStore:
 
     def _claimable(self, task_id: str, node: str) -> bool:
         """Whether ``node`` registered the task with its stored fingerprint."""
-        state = self._states.get(task_id)
-        return state is not None and self._registrations.get(node, {}).get(task_id) == state.fingerprint
+        task = self._tasks.get(task_id)
+        return task is not None and self._registrations.get(node, {}).get(task_id) == task.definition.fingerprint
 
     def _registered(self, task_id: str) -> bool:
         """Whether any node has the task registered."""
@@ -145,13 +144,13 @@ class MemoryStore:
         rows = self._active.get(task_id, {})
         if run_id not in rows:
             return True  # its task was removed
-        definition = self._definitions.get(task_id)
-        if definition is None:
+        task = self._tasks.get(task_id)
+        if task is None:
             del rows[run_id]
             return True
         if not self._claimable(task_id, node):
             return False
-        if self._states[task_id].paused or self._running_count(task_id) >= definition.max_instances:
+        if task.paused or self._running_count(task_id) >= task.definition.max_instances:
             return False
         record = rows[run_id]
         record.state, record.node = RunState.RUNNING, node
@@ -160,13 +159,13 @@ class MemoryStore:
         return True
 
     def _claim_task(
-        self, task_id: str, now: datetime, node: str, lease_until: datetime, next_fire: NextFire, claim: Claim
+        self, task: _Task, now: datetime, node: str, lease_until: datetime, next_fire: NextFire, claim: Claim
     ) -> None:
-        state = self._states[task_id]
-        if state.paused or state.finished or state.next_run_at is None:
+        if task.paused or task.finished or task.next_run_at is None:
             return
-        decision = decide(self._definitions[task_id], state, now, self._running_count(task_id), next_fire)
-        state.next_run_at = decision.next_run_at
+        task_id = task.definition.task_id
+        decision = decide(task.definition, task, now, self._running_count(task_id), next_fire)
+        task.next_run_at = decision.next_run_at
         final = [record_for(task_id, when, RunState.MISSED, node, reason, now) for when, reason in decision.missed]
         if decision.skipped is not None:
             final.append(record_for(task_id, decision.skipped[0], RunState.SKIPPED, node, decision.skipped[1], now))
@@ -185,7 +184,7 @@ class MemoryStore:
             rows[record.run_id] = record
             self._leases[record.run_id] = lease_until
             claim.runs.append(record)  # shared with the caller, who fills in the outcome
-        self._settle(state)
+        self._settle(task)
 
     # -- outcomes -------------------------------------------------------------------
     def finish(self, records: Sequence[RunRecord], retries: Sequence[Retry] = ()) -> None:
@@ -210,10 +209,11 @@ class MemoryStore:
                 )  # fmt: skip
                 self._add_pending(again, retry.due_at)
             for task_id in {record.task_id for record in records}:
-                if task_id in self._states:
-                    if exhausted(self._definitions[task_id], self._states[task_id]):
-                        self._states[task_id].next_run_at = None
-                    self._settle(self._states[task_id])
+                task = self._tasks.get(task_id)
+                if task is not None:
+                    if exhausted(task.definition, task):
+                        task.next_run_at = None
+                    self._settle(task)
 
     def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
         with self._lock:
@@ -225,16 +225,16 @@ class MemoryStore:
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
         with self._lock:
-            state = self._states.get(task_id)
-            if state is None:
+            task = self._tasks.get(task_id)
+            if task is None:
                 raise TaskNotFoundError(task_id)
-            state.paused = paused
-            self._push(state)
-            return state.copy()
+            task.paused = paused
+            self._push(task)
+            return task.state()
 
     def request_run(self, task_id: str, due_at: datetime, node: str | None) -> RunRecord:
         with self._lock:
-            if task_id not in self._states:
+            if task_id not in self._tasks:
                 raise TaskNotFoundError(task_id)
             record = RunRecord(new_run_id(), task_id, due_at, RunState.SCHEDULED, node=node, manual=True)
             self._add_pending(record, due_at)
@@ -257,8 +257,8 @@ class MemoryStore:
             for node in silent:
                 self._forget_node(node)
             if silent:
-                for task_id, definition in list(self._definitions.items()):
-                    if definition.origin is not Origin.PERSISTENT and not self._registered(task_id):
+                for task_id, task in list(self._tasks.items()):
+                    if task.definition.origin is not Origin.PERSISTENT and not self._registered(task_id):
                         self._unschedule(task_id)
             return interrupted
 
@@ -284,8 +284,8 @@ class MemoryStore:
                     final = replace(record, state=RunState.INTERRUPTED, finished_at=now, error=reason)
                     self._record_final(final)
                     interrupted.append(final)
-                    definition = self._definitions.get(record.task_id)
-                    if definition is not None and definition.recover:
+                    task = self._tasks.get(record.task_id)
+                    if task is not None and task.definition.recover:
                         self._add_pending(*recovery_of(final, now))
         return interrupted
 
@@ -303,14 +303,14 @@ class MemoryStore:
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
         with self._lock:
-            return {task_id: state.copy() for task_id, state in self._states.items()}
+            return {task_id: task.state() for task_id, task in self._tasks.items()}
 
     def job_specs(self, origin: Origin | None = None) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {
-                task_id: definition.spec
-                for task_id, definition in self._definitions.items()
-                if definition.spec is not None and origin in (None, definition.origin)
+                task_id: task.definition.spec
+                for task_id, task in self._tasks.items()
+                if task.definition.spec is not None and origin in (None, task.definition.origin)
             }
 
     def revision(self) -> int:
@@ -345,15 +345,14 @@ class MemoryStore:
 
     # -- internals (lock held) ------------------------------------------------------
     def _unschedule(self, task_id: str) -> None:
-        definition = self._definitions.pop(task_id, None)
-        if definition is not None and definition.origin is Origin.PERSISTENT:
-            self._revision += 1
+        """Unschedule a task (its heap entries go stale: it is no longer in _tasks)."""
         for registered in self._registrations.values():
             registered.pop(task_id, None)
-        state = self._states.pop(task_id, None)
-        if state is not None:
-            self._removed[task_id] = state
-        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        task = self._tasks.pop(task_id, None)
+        if task is not None:
+            if task.definition.origin is Origin.PERSISTENT:
+                self._revision += 1
+            self._removed[task_id] = task
 
     def _replace_interrupted(self, record: RunRecord, retried: bool) -> None:
         """A run recorded INTERRUPTED when its lease lapsed reported its real outcome
@@ -363,10 +362,11 @@ class MemoryStore:
             if row[0] == record.run_id:
                 pool[index] = _pack(record)
                 break
-        state = self._states.get(record.task_id) or self._removed.get(record.task_id)
-        if state is not None:
-            state.interrupted_count -= 1
-            state.count(record, retried)
+        task = self._tasks.get(record.task_id) or self._removed.get(record.task_id)
+        if task is not None:
+            counters = task.counters()
+            counters.interrupted_count -= 1
+            counters.count(record, retried)
 
     def _record_final(self, record: RunRecord, retried: bool = False) -> None:
         pool = self._history.get(record.task_id)
@@ -375,35 +375,37 @@ class MemoryStore:
         pool.append(_pack(record))
         if len(pool) > self._max_history:
             del pool[0]
-        state = self._states.get(record.task_id) or self._removed.get(record.task_id)
-        if state is not None:
-            state.count(record, retried)
+        task = self._tasks.get(record.task_id) or self._removed.get(record.task_id)
+        if task is not None:
+            task.counters().count(record, retried)
 
     def _add_pending(self, record: RunRecord, due_at: datetime) -> None:
         self._active.setdefault(record.task_id, {})[record.run_id] = record
         heapq.heappush(self._pending, (due_at, record.run_id, record.task_id))
 
-    def _settle(self, state: TaskState) -> None:
+    def _settle(self, task: _Task) -> None:
         """Mark a task with no next fire and nothing pending finished; re-heap it."""
-        if state.next_run_at is None and not self._active.get(state.task_id):
-            state.finished = True
-        self._push(state)
+        if task.next_run_at is None and not self._active.get(task.definition.task_id):
+            task.finished = True
+        self._push(task)
 
-    def _push(self, state: TaskState) -> None:
-        version = self._versions.get(state.task_id, 0) + 1
-        self._versions[state.task_id] = version
-        if state.next_run_at is not None and not state.paused and not state.finished:
-            heapq.heappush(self._heap, (state.next_run_at, version, state.task_id))
+    def _push(self, task: _Task) -> None:
+        task.version += 1
+        if task.next_run_at is not None and not task.paused and not task.finished:
+            heapq.heappush(self._heap, (task.next_run_at, task.version, task.definition.task_id))
+
+    def _live(self, entry: tuple[datetime, int, str]) -> bool:
+        """Whether a heap entry is its task's current due time."""
+        task = self._tasks.get(entry[2])
+        return task is not None and task.version == entry[1]
 
     def _next_due(self, node: str) -> datetime | None:
         """The earliest due time among ``node``'s tasks. The heap's top entries of
         tasks it cannot claim (another node's) are looked past, not popped."""
-        while self._heap and self._versions.get(self._heap[0][2]) != self._heap[0][1]:
+        while self._heap and not self._live(self._heap[0]):
             heapq.heappop(self._heap)
-        claimable = (
-            due for due, version, task_id in _in_order(self._heap)
-            if self._versions.get(task_id) == version and self._claimable(task_id, node)
-        )  # fmt: skip
+        heap = _in_order(self._heap)
+        claimable = (entry[0] for entry in heap if self._live(entry) and self._claimable(entry[2], node))
         task_due = next(claimable, None)
         candidates = [due for due in (task_due, self._pending[0][0] if self._pending else None) if due is not None]
         return min(candidates) if candidates else None
@@ -413,6 +415,42 @@ class MemoryStore:
         if not rows:
             return 0
         return sum(1 for r in rows.values() if r.state is RunState.RUNNING)
+
+
+class _Task:
+    """One scheduled (or unscheduled) task: its definition, its schedule state and,
+    from its first recorded outcome on, its counters. One small object per task
+    (a full TaskState is built when one is asked for)."""
+
+    __slots__ = ("_counters", "definition", "finished", "next_run_at", "paused", "version")
+
+    def __init__(self, definition: TaskDefinition) -> None:
+        self.definition = definition
+        self.next_run_at = definition.first_fire
+        self.finished = definition.first_fire is None
+        self.paused = False
+        self.version = 0
+        self._counters: TaskState | None = None
+
+    @property
+    def run_count(self) -> int:
+        return 0 if self._counters is None else self._counters.run_count
+
+    def counters(self) -> TaskState:
+        """The task's counters (created at its first outcome)."""
+        if self._counters is None:
+            self._counters = TaskState(self.definition.task_id)
+        return self._counters
+
+    def state(self) -> TaskState:
+        """A detached TaskState of this task."""
+        d = self.definition
+        state = TaskState(d.task_id) if self._counters is None else self._counters.copy()
+        state.fingerprint, state.name, state.schedule, state.origin, state.problem = (
+            d.fingerprint, d.name, d.schedule, d.origin, d.problem
+        )  # fmt: skip
+        state.next_run_at, state.paused, state.finished = self.next_run_at, self.paused, self.finished
+        return state
 
 
 class MemorySharedValues:

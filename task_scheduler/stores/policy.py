@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from task_scheduler.stores.base import (
     ConcurrencyPolicy,
@@ -14,7 +15,6 @@ from task_scheduler.stores.base import (
     RunRecord,
     RunState,
     TaskDefinition,
-    TaskState,
     new_run_id,
 )
 
@@ -24,6 +24,16 @@ __all__ = ["Decision", "decide", "exhausted", "record_for", "recovery_of"]
 # rest are summarised in a single MISSED record (a 1-second job down for a day
 # would otherwise write 86,400 rows).
 MAX_LISTED_OCCURRENCES = 1000
+
+
+class Scheduled(Protocol):
+    """What the policy reads of a task's state (a `TaskState`, or a store's own record)."""
+
+    @property
+    def next_run_at(self) -> datetime | None: ...
+
+    @property
+    def run_count(self) -> int: ...
 
 
 @dataclass
@@ -39,7 +49,7 @@ class Decision:
 
 def decide(
     definition: TaskDefinition,
-    state: TaskState,
+    state: Scheduled,
     now: datetime,
     running: int,
     next_fire: NextFire,
@@ -76,7 +86,7 @@ def decide(
 
 def _decide_all(
     definition: TaskDefinition,
-    state: TaskState,
+    state: Scheduled,
     now: datetime,
     running: int,
     next_fire: NextFire,
@@ -125,7 +135,7 @@ def _decide_all(
     return Decision(to_run, missed, None, fire)
 
 
-def exhausted(definition: TaskDefinition, state: TaskState) -> bool:
+def exhausted(definition: TaskDefinition, state: Scheduled) -> bool:
     """Whether the task has completed its ``max_runs`` (and is therefore finished)."""
     return definition.max_runs is not None and state.run_count >= definition.max_runs
 
