@@ -137,7 +137,7 @@ class Dispatcher:
                 final = record
             else:
                 active.started_at = self._now()
-                final = execute_attempt(active.entry.task, active.record, active.context, self._now)
+                final = execute_attempt(active.entry.task, active.record, active.context, self._now, active.started_at)
             with self._progress:
                 self._finished.append(final)
                 first = len(self._finished) == 1

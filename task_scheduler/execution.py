@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from task_scheduler.logs import run_context
+from task_scheduler.logs import enter_run, leave_run
 from task_scheduler.stores.base import Retry, RunRecord, RunState
 from task_scheduler.tasks import BaseTask, RetryPolicy, TaskContext
 
@@ -27,12 +27,20 @@ CANCEL_REPLACED = "replaced by a newer run"
 _RESULT_LIMIT = 4096
 
 
-def execute_attempt(task: BaseTask, record: RunRecord, context: TaskContext, now: Callable[[], datetime]) -> RunRecord:
-    """Run ``task`` once for ``record``; return the record with its final outcome."""
-    started = now()
+def execute_attempt(
+    task: BaseTask,
+    record: RunRecord,
+    context: TaskContext,
+    now: Callable[[], datetime],
+    started: datetime | None = None,
+) -> RunRecord:
+    """Run ``task`` once for ``record`` (starting now, or at ``started`` when the
+    caller just read the clock); return the record with its final outcome."""
+    started = started or now()
     result: object = None
     error: str | None = None
-    with run_context(task.task_id, record.run_id):
+    token = enter_run(task.task_id, record.run_id)
+    try:
         logger.info("starting task %s (%s), attempt %d", task.task_id, task.name, record.attempt)
         try:
             task.last_error = None
@@ -61,6 +69,8 @@ def execute_attempt(task: BaseTask, record: RunRecord, context: TaskContext, now
             logger.info("task %s succeeded in %.3fs", task.task_id, (finished - started).total_seconds())
         else:
             logger.warning("task %s %s in %.3fs: %s", task.task_id, state.value, record.duration or 0.0, record.error)
+    finally:
+        leave_run(token)
     return record
 
 

@@ -24,15 +24,13 @@ import logging
 import logging.handlers
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from task_scheduler.config import SchedulerConfig, parse_size
 from task_scheduler.redact import redact_text
 
-__all__ = ["configure_logging", "run_context"]
+__all__ = ["configure_logging", "enter_run", "leave_run"]
 
 PLAIN_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(funcName)s:%(lineno)d - %(message)s"
 JOURNAL_FORMAT = "%(name)s - %(levelname)s - %(funcName)s:%(lineno)d - %(message)s"
@@ -44,18 +42,9 @@ _run: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("t
 _OWNED = "_task_scheduler_handler"
 
 
-@contextmanager
-def run_context(task_id: str, run_id: str) -> Iterator[None]:
-    """Tag every record logged inside the block (in this thread) with the run."""
-    token = _run.set((task_id, run_id))
-    try:
-        yield
-    finally:
-        _run.reset(token)
-
-
 def enter_run(task_id: str, run_id: str) -> contextvars.Token[tuple[str, str] | None]:
-    """`run_context` without the generator, for the per-run hot path; pair with `leave_run`."""
+    """Tag every record logged from here on (in this thread) with the run, until
+    `leave_run` with the returned token (a plain call: this is the per-run hot path)."""
     return _run.set((task_id, run_id))
 
 

@@ -42,7 +42,8 @@ class MemoryStore:
         # the heap.
         self._heap: list[tuple[datetime, int, str]] = []
         self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
-        self._active: dict[str, dict[str, RunRecord]] = {}  # task_id -> run_id -> SCHEDULED/RUNNING row
+        # task_id -> run_id -> SCHEDULED/RUNNING row; only tasks with such rows are keys
+        self._active: dict[str, dict[str, RunRecord]] = {}
         self._leases: dict[str, datetime] = {}
         # Runs recorded INTERRUPTED (lease lapsed) that may still report an outcome.
         self._late: dict[str, None] = {}
@@ -146,7 +147,7 @@ class MemoryStore:
             return True  # its task was removed
         task = self._tasks.get(task_id)
         if task is None:
-            del rows[run_id]
+            self._drop_active(task_id, run_id)
             return True
         if not self._claimable(task_id, node):
             return False
@@ -192,7 +193,7 @@ class MemoryStore:
             retried = {retry.record.run_id for retry in retries}
             taken = set()
             for record in records:
-                active = self._active.get(record.task_id, {}).pop(record.run_id, None)
+                active = self._drop_active(record.task_id, record.run_id)
                 self._leases.pop(record.run_id, None)
                 if self._late.pop(record.run_id, 0) is None:
                     self._replace_interrupted(record, retried=record.run_id in retried)
@@ -252,7 +253,9 @@ class MemoryStore:
     def reap(self, now: datetime, node_timeout: float) -> list[RunRecord]:
         with self._lock:
             expired = {run_id for run_id, until in self._leases.items() if until < now}
-            interrupted = self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")
+            interrupted = []
+            if expired:
+                interrupted = self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")
             silent = [n for n, info in self._nodes.items() if (now - info.heartbeat_at).total_seconds() > node_timeout]
             for node in silent:
                 self._forget_node(node)
@@ -273,10 +276,10 @@ class MemoryStore:
 
     def _interrupt(self, which: Callable[[RunRecord], bool], now: datetime, reason: str) -> list[RunRecord]:
         interrupted = []
-        for rows in self._active.values():
+        for rows in list(self._active.values()):
             for record in list(rows.values()):
                 if record.state is RunState.RUNNING and which(record):
-                    del rows[record.run_id]
+                    self._drop_active(record.task_id, record.run_id)
                     self._leases.pop(record.run_id, None)
                     self._late[record.run_id] = None
                     if len(self._late) > 10_000:  # bounded: the oldest can no longer report
@@ -378,6 +381,13 @@ class MemoryStore:
         task = self._tasks.get(record.task_id) or self._removed.get(record.task_id)
         if task is not None:
             task.counters().count(record, retried)
+
+    def _drop_active(self, task_id: str, run_id: str) -> RunRecord | None:
+        rows = self._active.get(task_id)
+        record = rows.pop(run_id, None) if rows is not None else None
+        if rows is not None and not rows:
+            del self._active[task_id]  # one-time tasks would otherwise leave a dict each
+        return record
 
     def _add_pending(self, record: RunRecord, due_at: datetime) -> None:
         self._active.setdefault(record.task_id, {})[record.run_id] = record

@@ -420,3 +420,23 @@ def test_an_outcome_sent_twice_is_counted_once(store: Store) -> None:
     state = store.task_states()["job"]
     assert (state.retry_count, len(store.history("job"))) == (1, 1)
     assert len([r for r in store.active_runs() if r.state is RunState.SCHEDULED]) == 1
+
+
+def test_memory_store_keeps_nothing_per_finished_run_but_history() -> None:
+    """A year of one-time jobs must not grow the memory store's bookkeeping: a task
+    with no run in progress has no entry among the active runs (which the lease
+    sweep and every process lookup walk), and a removed task stays countable."""
+    store = MemoryStore(max_history_per_task=1)
+    store.sync_tasks([definition(f"t{i}", fingerprint="once") for i in range(50)], NODE)
+    runs = claim(store, T0, next_fire=once).runs
+    store.finish([_succeeded(run) for run in runs])
+    assert len(runs) == 50 and store._active == {}
+    store.remove_tasks(["t0"])
+    assert store.reap(T0 + timedelta(hours=1), node_timeout=60) == []
+    assert store.history("t0")[0].state is RunState.SUCCEEDED
+    assert store.sync_tasks([definition("t0", fingerprint="once")], NODE)["t0"].run_count == 1  # back, counters kept
+
+
+def _succeeded(record):  # type: ignore[no-untyped-def]
+    record.state, record.started_at, record.finished_at = RunState.SUCCEEDED, T0, T0
+    return record
