@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from task_scheduler.errors import TaskNotFoundError
@@ -229,19 +230,22 @@ class SQLStore(SQLQueries):
         # Most calls find nothing due: answer those with two indexed reads and no
         # write lock, so an idle service costs next to nothing.
         with self._read() as db:
-            next_due = self._next_due(db, node)
+            task_due, run_due = self._due_times(db, node)
+        next_due = _earliest(task_due, run_due)
         if next_due is None or next_due > now:
             return Claim(next_due=next_due)
         d = self.dialect
         claim = Claim()
         now_db, lease_db = d.to_db(now), d.to_db(lease_until)
         with self._transaction() as db:
-            pending = db.execute(
-                "SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
-                f"WHERE {REGISTERED} AND r.state = 'scheduled' AND r.due_at <= ? AND t.removed = {d.false} "
-                f"ORDER BY r.due_at LIMIT ?{d.lock(of='r, t', skip=True)}",
-                (node, now_db, limit),
-            ).fetchall()
+            pending = []
+            if run_due is not None and run_due <= now:  # retries and manual runs (another node may take them first)
+                pending = db.execute(
+                    "SELECT r.run_id, r.task_id, t.paused, t.options FROM runs r JOIN tasks t USING (task_id) "
+                    f"WHERE {REGISTERED} AND r.state = 'scheduled' AND r.due_at <= ? AND t.removed = {d.false} "
+                    f"ORDER BY r.due_at LIMIT ?{d.lock(of='r, t', skip=True)}",
+                    (node, now_db, limit),
+                ).fetchall()
             running = self._running_counts(db, [task_id for _, task_id, _, _ in pending])
             waits: list[tuple[Any, ...]] = []
             starts: list[str] = []
@@ -251,12 +255,14 @@ class SQLStore(SQLQueries):
                     continue
                 starts.append(run_id)
                 running[task_id] = running.get(task_id, 0) + 1
-            db.executemany("UPDATE runs SET due_at = ? WHERE run_id = ?", waits)
-            db.executemany(
-                "UPDATE runs SET state = 'running', node = ?, lease_until = ? WHERE run_id = ?",
-                [(node, lease_db, run_id) for run_id in starts],
-            )
-            claim.runs.extend(self._runs(db, starts))
+            if waits:
+                db.executemany("UPDATE runs SET due_at = ? WHERE run_id = ?", waits)
+            if starts:
+                db.executemany(
+                    "UPDATE runs SET state = 'running', node = ?, lease_until = ? WHERE run_id = ?",
+                    [(node, lease_db, run_id) for run_id in starts],
+                )
+                claim.runs.extend(self._runs(db, starts))
             # The rows as locked (the latest versions): states and definitions in one read.
             due = db.execute(
                 f"SELECT {TASK_COLUMNS_OF_T}, t.options FROM tasks t WHERE {REGISTERED} AND {d.live} "
@@ -264,7 +270,7 @@ class SQLStore(SQLQueries):
                 (node, now_db, max(0, limit - len(claim.runs))),
             ).fetchall()
             states = {row[0]: self._state(row[:-1]) for row in due}
-            definitions = {row[0]: TaskDefinition.from_options(row[0], row[1], json.loads(row[-1])) for row in due}
+            definitions = {row[0]: _definition(row[0], row[1], row[-1]) for row in due}
             running.update(self._running_counts(db, [task_id for task_id in states if task_id not in running]))
             writes = _ClaimWrites()
             for task_id, state in states.items():
@@ -504,7 +510,7 @@ class SQLStore(SQLQueries):
                 f"SELECT {TASK_COLUMNS}, options FROM tasks WHERE task_id IN ({marks}){locking}", chunk
             ):
                 states[row[0]] = self._state(row[:-1])
-                definitions[row[0]] = TaskDefinition.from_options(row[0], row[1], json.loads(row[-1]))
+                definitions[row[0]] = _definition(row[0], row[1], row[-1])
         return states, definitions
 
     def _write_states(self, db: Session, states: list[TaskState]) -> None:
@@ -539,3 +545,14 @@ class SQLStore(SQLQueries):
                 for r in records
             ],
         )  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def _definition(task_id: str, fingerprint: str, options: str) -> TaskDefinition:
+    """A stored task's claim options, parsed once per version of its row (a claim
+    reads them for every due task; definitions are immutable, so they are shared)."""
+    return TaskDefinition.from_options(task_id, fingerprint, json.loads(options))
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    return min((t for t in times if t is not None), default=None)

@@ -200,9 +200,13 @@ class SQLQueries:
         return db.execute(query, (task_id,)).fetchone() is not None
 
     def _next_due(self, db: Session, node: str) -> datetime | None:
-        """The earliest due time among ``node``'s tasks and SCHEDULED runs, in one
-        statement (one round trip to a server): each due-time index is walked in order
-        and stops at the first row of a task the node registered."""
+        """The earliest due time among ``node``'s tasks and SCHEDULED runs."""
+        return min((due for due in self._due_times(db, node) if due is not None), default=None)
+
+    def _due_times(self, db: Session, node: str) -> tuple[datetime | None, datetime | None]:
+        """The earliest due time among ``node``'s tasks, and among its SCHEDULED runs,
+        in one statement (one round trip to a server): each due-time index is walked
+        in order and stops at the first row of a task the node registered."""
         row = db.execute(
             f"SELECT (SELECT t.next_run_at FROM tasks t WHERE {REGISTERED} AND {self.dialect.live} "
             "AND t.next_run_at IS NOT NULL ORDER BY t.next_run_at LIMIT 1), "
@@ -210,8 +214,8 @@ class SQLQueries:
             "AND r.state = 'scheduled' ORDER BY r.due_at LIMIT 1)",
             (node, node),
         ).fetchone()
-        candidates = [value for value in row if value is not None]
-        return self.dialect.from_db(min(candidates)) if candidates else None
+        from_db = self.dialect.from_db
+        return from_db(row[0]), from_db(row[1])
 
     def _state(self, row: Sequence[Any]) -> TaskState:
         (
