@@ -42,9 +42,13 @@ def noop() -> None:
     """A job body that never runs in the scale scenario."""
 
 
-def lateness(system: str, directory: Path, jobs: int = 1000, seconds: int = 20) -> dict[str, Any]:
+def lateness(system: str, directory: Path, jobs: int = 1000, seconds: int = 20, busy: bool = False) -> dict[str, Any]:
+    """1,000 interval jobs of 1 s spread over the second, for ``seconds``; ``busy``:
+    beside a thread computing in Python all along (a user's CPU-bound job)."""
     target = make(system, directory)
     target.start()
+    if busy:
+        threading.Thread(target=_compute, args=(time.time() + seconds + 6,), daemon=True).start()
     lead = 8.0 if system == "aps-sqlite" else 3.0
     first = math.ceil(time.time() + lead)
     for i in range(jobs):
@@ -63,6 +67,13 @@ def lateness(system: str, directory: Path, jobs: int = 1000, seconds: int = 20) 
         "p99_ms": 1000 * window[int(len(window) * 0.99) - 1] if window else None,
         "max_ms": 1000 * window[-1] if window else None,
     }
+
+
+def _compute(until: float) -> None:
+    total = 0
+    while time.time() < until:
+        for i in range(10_000):
+            total += i
 
 
 def burst(system: str, directory: Path, jobs: int = 20_000) -> dict[str, Any]:
@@ -212,6 +223,7 @@ def _scale_jobs(system: str) -> int:
 
 SCENARIOS = {
     "lateness": lateness,
+    "lateness_busy": lambda system, d: lateness(system, d, busy=True),
     "burst": burst,
     "scale_cron": lambda system, d: scale(system, d, "cron", _scale_jobs(system), 20),
     "scale_interval": lambda system, d: scale(system, d, "interval", _scale_jobs(system), 0),

@@ -72,6 +72,9 @@ class SchedulerSection:
     # At start, move what exists (modules, config, tasks) out of the garbage
     # collector's generations (gc.freeze): full collections then skip it.
     gc_freeze: bool = True
+    # At start, lower Python's GIL switch interval to this (seconds; null: leave it):
+    # how long a worker computing in Python can keep the loop from firing.
+    switch_interval: float | None = 0.001
 
 
 @dataclass
@@ -285,6 +288,11 @@ def _validate(config: SchedulerConfig) -> None:
     check(section.max_workers >= 1, "scheduler.max_workers", "must be >= 1")
     check(section.check_interval > 0, "scheduler.check_interval", "must be > 0 seconds")
     check(section.shutdown_timeout >= 0, "scheduler.shutdown_timeout", "must be >= 0 seconds")
+    check(
+        section.switch_interval is None or 0 < section.switch_interval <= 0.1,
+        "scheduler.switch_interval",
+        "must be > 0 and <= 0.1 seconds, or null",
+    )
     check(
         section.misfire_grace_time is None or section.misfire_grace_time >= 0,
         "scheduler.misfire_grace_time",

@@ -14,8 +14,10 @@ collected by the loop in batches: one wake-up per batch, not per run.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -23,18 +25,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import SimpleQueue
+from typing import TYPE_CHECKING
 
 from task_scheduler.execution import CANCEL_TIMEOUT, execute_attempt
 from task_scheduler.registry import Registered
 from task_scheduler.stores.base import RunRecord, RunState
 from task_scheduler.tasks import ScriptTask, TaskContext
 
-__all__ = ["Active", "Dispatcher"]
+if TYPE_CHECKING:
+    from task_scheduler.config import SchedulerSection
+
+__all__ = ["Active", "Dispatcher", "prepare_process"]
 
 logger = logging.getLogger(__name__)
 # What tasks log through ``context.logger``; every record carries task_id and run_id
 # (see logs.py), so one logger serves all tasks (a logger per task costs ~1 KB each).
 TASK_LOGGER = logging.getLogger("task_scheduler.task")
+
+
+def prepare_process(settings: SchedulerSection) -> None:
+    """At start: take what exists out of the collector's reach and let the loop get the
+    GIL back quickly from worker threads (both process-wide; each can be turned off)."""
+    if settings.gc_freeze:
+        # What exists now (modules, config, registered tasks) lives as long as the
+        # process: take it out of the collector's generations, so that a full
+        # collection does not scan it (26 ms with 1,000 tasks: the largest firing
+        # delay). Collected first, so no garbage cycle is kept.
+        gc.collect()
+        gc.freeze()
+    if settings.switch_interval is not None and settings.switch_interval < sys.getswitchinterval():
+        # A thread running Python keeps the GIL this long while the loop waits for it:
+        # with Python's 5 ms, a job computing in a worker delays every fire by
+        # milliseconds (measured: lateness p50 8.6 ms beside one CPU-bound thread,
+        # 1.7 ms with 1 ms). Only lowered, never raised.
+        sys.setswitchinterval(settings.switch_interval)
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ def test_env_overrides(base_dir: Path) -> None:
         ({"scheduler": {"max_wrokers": 5}}, "scheduler: unknown key 'max_wrokers'"),
         ({"schedular": {}}, "unknown key 'schedular'"),
         ({"scheduler": {"max_workers": 0}}, "scheduler.max_workers: must be >= 1"),
+        ({"scheduler": {"switch_interval": 0.5}}, "scheduler.switch_interval: must be > 0 and <= 0.1 seconds, or null"),
         ({"scheduler": {"timezone": "Europe/Nowhere"}}, "scheduler.timezone: unknown time zone"),
         ({"logging": {"max_log_size": "ten megs"}}, "logging.max_log_size: not a size"),
         ({"logging": {"format": "xml"}}, "logging.format: must be 'text' or 'json'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -306,6 +307,29 @@ def test_background_loop_runs_and_stops(config: SchedulerConfig) -> None:
         scheduler.stop(wait=True, timeout=5)
     assert not scheduler.running
     scheduler.stop()  # idempotent
+
+
+def test_start_lowers_the_gil_switch_interval_and_never_raises_it(base_dir: Any) -> None:
+    """A worker computing in Python keeps the GIL up to the switch interval while the
+    loop waits to fire: start() lowers Python's 5 ms to scheduler.switch_interval
+    (process-wide), leaves a lower one alone, and null turns it off."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        for setting, expected in ((0.002, 0.002), (None, 0.002), (0.004, 0.002), (0.001, 0.001)):
+            config = SchedulerConfig.from_dict(
+                {
+                    "scheduler": {"timezone": "UTC", "base_dir": str(base_dir), "switch_interval": setting},
+                    "store": {"url": "memory://"},
+                    "logging": {"log_file": None},
+                }
+            )
+            scheduler = TaskScheduler(config)
+            scheduler.start()
+            scheduler.stop()
+            assert sys.getswitchinterval() == pytest.approx(expected)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_reschedule_remove_listener_and_context_manager(config: SchedulerConfig, clock: ManualClock) -> None:
