@@ -119,7 +119,7 @@ class MemoryStore:
                 task = self._tasks.get(due[2])
                 if task is None or task.version != due[1]:
                     continue
-                if self._registrations.get(node, {}).get(due[2]) == task.definition.fingerprint:
+                if self._registered_as(task, node):
                     self._claim_task(task, now, node, lease_until, next_fire, claim)
                 else:
                     others.append(due)
@@ -132,9 +132,13 @@ class MemoryStore:
         return claim
 
     def _claimable(self, task_id: str, node: str) -> bool:
-        """Whether ``node`` registered the task with its stored fingerprint."""
         task = self._tasks.get(task_id)
-        return task is not None and self._registrations.get(node, {}).get(task_id) == task.definition.fingerprint
+        return task is not None and self._registered_as(task, node)
+
+    def _registered_as(self, task: _Task, node: str) -> bool:
+        """Whether ``node`` registered the task with its stored fingerprint."""
+        definition = task.definition
+        return self._registrations.get(node, {}).get(definition.task_id) == definition.fingerprint
 
     def _registered(self, task_id: str) -> bool:
         """Whether any node has the task registered."""

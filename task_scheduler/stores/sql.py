@@ -48,6 +48,7 @@ from task_scheduler.stores.sql_queries import (
     Dialect,
     Session,
     SQLQueries,
+    earliest,
 )
 
 __all__ = ["Dialect", "SQLStore", "Session"]
@@ -231,7 +232,7 @@ class SQLStore(SQLQueries):
         # write lock, so an idle service costs next to nothing.
         with self._read() as db:
             task_due, run_due = self._due_times(db, node)
-        next_due = _earliest(task_due, run_due)
+        next_due = earliest(task_due, run_due)
         if next_due is None or next_due > now:
             return Claim(next_due=next_due)
         d = self.dialect
@@ -552,7 +553,3 @@ def _definition(task_id: str, fingerprint: str, options: str) -> TaskDefinition:
     """A stored task's claim options, parsed once per version of its row (a claim
     reads them for every due task; definitions are immutable, so they are shared)."""
     return TaskDefinition.from_options(task_id, fingerprint, json.loads(options))
-
-
-def _earliest(*times: datetime | None) -> datetime | None:
-    return min((t for t in times if t is not None), default=None)

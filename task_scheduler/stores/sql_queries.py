@@ -16,7 +16,16 @@ from typing import Any, Protocol
 
 from task_scheduler.stores.base import NodeInfo, Origin, RunRecord, RunState, TaskState
 
-__all__ = ["RUN_COLUMNS", "TASK_COLUMNS", "TASK_COLUMNS_OF_T", "REGISTERED", "Dialect", "SQLQueries", "Session"]
+__all__ = [
+    "RUN_COLUMNS",
+    "TASK_COLUMNS",
+    "TASK_COLUMNS_OF_T",
+    "REGISTERED",
+    "Dialect",
+    "SQLQueries",
+    "Session",
+    "earliest",
+]
 
 TASK_COLUMNS = (
     "task_id, fingerprint, name, schedule, next_run_at, paused, finished, run_count, success_count, failure_count, "
@@ -201,7 +210,7 @@ class SQLQueries:
 
     def _next_due(self, db: Session, node: str) -> datetime | None:
         """The earliest due time among ``node``'s tasks and SCHEDULED runs."""
-        return min((due for due in self._due_times(db, node) if due is not None), default=None)
+        return earliest(*self._due_times(db, node))
 
     def _due_times(self, db: Session, node: str) -> tuple[datetime | None, datetime | None]:
         """The earliest due time among ``node``'s tasks, and among its SCHEDULED runs,
@@ -269,3 +278,8 @@ class SQLQueries:
             cpu_system=row[15],
             max_rss=row[16],
         )
+
+
+def earliest(*times: datetime | None) -> datetime | None:
+    """The earliest of the given times that are set."""
+    return min((t for t in times if t is not None), default=None)
