@@ -107,7 +107,6 @@ def test_the_service_exits_1_not_2_on_a_lock_so_systemd_restarts_it(tmp_path: Pa
     assert "RestartPreventExitStatus=2" in unit and "Restart=on-failure" in unit
 
 
-
 def test_the_log_starts_over_while_commits_never_pause(tmp_path: Path) -> None:
     """Under steady load each background checkpoint ends with newer commits in the
     log; unless the rest is copied between two commits the log never starts over and
