@@ -116,7 +116,7 @@ class TaskScheduler:
             self.node_id,
             self.clock,
             lambda: list(self._dispatcher.active),
-            self._emit,
+            self._events.emit_record,
             self._membership,
         )
         self._maintenance.measure_skew()
@@ -346,7 +346,7 @@ class TaskScheduler:
         if claim.recorded:
             log_unrun(claim.recorded)
             for record in claim.recorded:
-                self._emit(record, now)
+                self._events.emit_record(record, now)
         self._dispatcher.cancel(claim.replace, CANCEL_REPLACED)
         for record in claim.runs:
             self._submit(record, now)
@@ -398,8 +398,7 @@ class TaskScheduler:
             self._membership.write([record], [])
             return
         self._dispatcher.submit(record, entry, now)
-        if self._events:
-            self._emit(record, now, EventType.SUBMITTED)
+        self._events.emit_record(record, now, EventType.SUBMITTED)
 
     def _collect_finished(self, now: datetime) -> None:
         finished = self._dispatcher.take_finished()
@@ -421,18 +420,12 @@ class TaskScheduler:
             logger.info(
                 "task %s attempt %d failed; retry at %s", record.task_id, record.attempt, retry.due_at.isoformat()
             )
-        if self._events:
+        if self._events.bits:
             retried = {retry.record.run_id: retry.due_at for retry in retries}
             for record in records:
-                self._emit(record, now)
+                self._events.emit_record(record, now)
                 if record.run_id in retried:
-                    self._emit(record, now, EventType.RETRY, retried[record.run_id])
-
-    def _emit(
-        self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None
-    ) -> None:
-        if self._events:
-            self._events.emit_record(record, now, kind, retry_at)
+                    self._events.emit_record(record, now, EventType.RETRY, retried[record.run_id])
 
     def wait_for_runs(self, timeout: float | None = None) -> bool:
         """Block until every launched run has finished and been recorded; False on
@@ -548,7 +541,7 @@ class TaskScheduler:
             )
         for record in left:
             logger.warning("task %s run %s interrupted by shutdown", record.task_id, record.run_id)
-            self._emit(record, now)
+            self._events.emit_record(record, now)
         self._dispatcher.shutdown()
         self._maintenance.join()
         if self._owns_store:

@@ -260,6 +260,7 @@ class TaskState:
         if state is RunState.SKIPPED:
             self.skipped_count += 1
             return
+        duration = record.duration
         if state is RunState.INTERRUPTED:
             self.interrupted_count += 1
         elif retried:
@@ -270,11 +271,11 @@ class TaskState:
                 self.success_count += 1
             else:
                 self.failure_count += 1
-            self.total_duration += record.duration or 0.0
+            self.total_duration += duration or 0.0
         self.last_run_at = record.started_at or record.scheduled_for
         self.last_state = state
         self.last_error = record.error if state is not RunState.SUCCEEDED else None
-        self.last_duration = record.duration
+        self.last_duration = duration
 
 
 @dataclass(frozen=True)
