@@ -129,7 +129,9 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-# SQLite's default limit on variables in one statement is 32,766: IN lists go in chunks.
+# When the log starts over it is cut back to this size: a burst of 20,000 runs grows it
+# to ~330 MB, which SQLite would otherwise keep on disk until the service stops.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _to_db(moment: datetime | None) -> int | None:
@@ -203,6 +205,7 @@ class SQLiteStore(SQLStore):
                 db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
+                db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 self._migrate(db)
                 return db
             except sqlite3.OperationalError as exc:

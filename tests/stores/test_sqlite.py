@@ -126,3 +126,27 @@ def test_the_log_starts_over_while_commits_never_pause(tmp_path: Path) -> None:
     # Every commit writes at least two 4 KiB pages; a log that starts over after each
     # of the 8 checkpoints holds a small part of them.
     assert commits > 1000 and largest < commits * 2 * 4096 / 3, (commits, largest)
+
+
+def test_a_log_grown_by_a_burst_is_cut_back_when_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite keeps a WAL file at the largest size it ever reached; a burst's log is cut
+    back to WAL_SIZE_LIMIT once it starts over (here 256 KiB instead of 64 MiB)."""
+    import time
+
+    from task_scheduler.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 256 * 1024)
+    path, wal = tmp_path / "state.db", tmp_path / "state.db-wal"
+    store = SQLiteStore(path, checkpoint_interval=0.05)
+    for i in range(300):  # a burst: ~2.4 MB of log before the checkpointer's next pass
+        store.shared.set(f"key{i}", f"{i:08}" * 1000, None)
+    grown = wal.stat().st_size
+    deadline = time.monotonic() + 10
+    while wal.stat().st_size > 256 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.06)  # the log is copied, then the next commit starts it over
+        store.shared.set("tick", str(time.monotonic()), None)
+    cut = wal.stat().st_size
+    store.close()
+    assert grown > 1024 * 1024 and cut <= 256 * 1024, (grown, cut)
