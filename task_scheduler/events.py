@@ -65,8 +65,9 @@ class EventDispatcher:
     def __init__(self) -> None:
         self._listeners: list[tuple[Listener, EventType]] = []
         self._lock = threading.Lock()
-        self.mask = EventType(0)  # the kinds someone listens to: callers build no other events
-        self.bits = 0  # the mask as an int: a Flag's ``&`` and truth cost microseconds, several times per run
+        # The kinds someone listens to, as an int (a Flag's ``&`` and truth cost
+        # microseconds, several times per run): no other event is built.
+        self.bits = 0
 
     def add(self, callback: Listener, mask: EventType = EventType.ALL) -> None:
         with self._lock:
@@ -79,18 +80,10 @@ class EventDispatcher:
             self._set_mask()
 
     def _set_mask(self) -> None:
-        mask = EventType(0)
+        bits = 0
         for _, kinds in self._listeners:
-            mask |= kinds
-        self.mask, self.bits = mask, mask.value
-
-    def wants(self, kind: EventType) -> bool:
-        """Whether any listener takes events of ``kind``."""
-        return bool(kind._value_ & self.bits)
-
-    def __bool__(self) -> bool:
-        """Whether anyone listens (callers skip building events otherwise)."""
-        return bool(self._listeners)
+            bits |= kinds.value
+        self.bits = bits
 
     def emit_record(
         self, record: RunRecord, now: datetime, kind: EventType | None = None, retry_at: datetime | None = None

@@ -137,16 +137,19 @@ def test_a_log_grown_by_a_burst_is_cut_back_when_it_starts_over(
 
     from task_scheduler.stores import sqlite as sqlite_store
 
-    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 256 * 1024)
     path, wal = tmp_path / "state.db", tmp_path / "state.db-wal"
-    store = SQLiteStore(path, checkpoint_interval=0.05)
-    for i in range(300):  # a burst: ~2.4 MB of log before the checkpointer's next pass
-        store.shared.set(f"key{i}", f"{i:08}" * 1000, None)
+    burst = SQLiteStore(path)  # a CLI process: its commits grow the log
+    burst._db.execute("PRAGMA wal_autocheckpoint = 0")
+    for i in range(300):
+        burst.shared.set(f"key{i}", f"{i:08}" * 1000, None)
     grown = wal.stat().st_size
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 256 * 1024)
+    service = SQLiteStore(path, checkpoint_interval=0.05)
     deadline = time.monotonic() + 10
     while wal.stat().st_size > 256 * 1024 and time.monotonic() < deadline:
-        time.sleep(0.06)  # the log is copied, then the next commit starts it over
-        store.shared.set("tick", str(time.monotonic()), None)
+        time.sleep(0.06)  # the log is copied, then the service's next commit starts it over
+        service.shared.set("tick", str(time.monotonic()), None)
     cut = wal.stat().st_size
-    store.close()
+    service.close()
+    burst.close()
     assert grown > 1024 * 1024 and cut <= 256 * 1024, (grown, cut)
