@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -129,9 +130,12 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-# When the log starts over it is cut back to this size: a burst of 20,000 runs grows it
-# to ~330 MB, which SQLite would otherwise keep on disk until the service stops.
+# A log file larger than this, and mostly stale, is cut back: a burst of 20,000 runs
+# grows it to ~330 MB, which SQLite would otherwise keep on disk until the service stops.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# The checkpointer copies beside the writers until they add fewer pages than this
+# during one pass; the rest is copied under the store's lock (see _copy_log).
+_CALM_FRAMES = 256
 
 
 def _to_db(moment: datetime | None) -> int | None:
@@ -205,7 +209,6 @@ class SQLiteStore(SQLStore):
                 db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
-                db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 self._migrate(db)
                 return db
             except sqlite3.OperationalError as exc:
@@ -289,26 +292,22 @@ class SQLiteStore(SQLStore):
                 self._db.close()  # the last connection out checkpoints and removes the WAL
 
     def _checkpoint_loop(self, interval: float, busy_timeout: float) -> None:
-        """Copy the WAL into the database every ``interval`` seconds, skipped while
-        nothing was committed (data_version). The bulk is copied beside the writers
-        (PASSIVE never blocks them); what they committed meanwhile is copied under the
-        store's lock, between two of this process's commits, so that the log is then
-        copied whole and the next commit starts it over. Without that second pass a
-        log that is never idle is never started over: it grew by 80 MB a second at
-        1,000 runs a second."""
+        """Copy the WAL into the database every ``interval`` seconds (`_copy_log`),
+        skipped while nothing was committed (data_version)."""
         db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         failed, seen = False, None
+        recent: deque[int] = deque(maxlen=10)  # the most pages the log held, per pass of the loop
         try:
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
             while not self._closing.wait(interval):
                 try:
                     (version,) = db.execute("PRAGMA data_version").fetchone()
                     if version == seen:
                         continue
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    with self._lock:
-                        if self._closed:
-                            return
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    most = self._copy_log(db, page_size * max(recent, default=0), page_size, busy_timeout)
+                    if most is None:
+                        return
+                    recent.append(most)
                     seen, failed = version, False
                 except sqlite3.Error as exc:
                     if not failed:  # once per failure streak, not every second
@@ -316,6 +315,46 @@ class SQLiteStore(SQLStore):
                     failed = True
         finally:
             db.close()
+
+    def _copy_log(self, db: sqlite3.Connection, in_use: int, page_size: int, busy_timeout: float) -> int | None:
+        """Copy the log beside the writers (PASSIVE never blocks them), again while they
+        added much meanwhile, then the rest under the store's lock, between two of this
+        process's commits: the log is then copied whole and the next commit starts it
+        over. (Without that last pass a log that is never idle never starts over: it
+        grew by 80 MB a second at 1,000 runs a second.) The locked pass copies what
+        came during the previous one, about 1 MiB under load. A log file left large
+        by a burst (twice the most bytes the log held in the last passes, ``in_use``)
+        is cut back here, not in a commit of the loop's. Returns the most pages the log
+        held in this pass; None once closed."""
+        _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        most = frames
+        for _ in range(3):
+            _, now, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            added, frames, most = now - frames, now, max(most, now)
+            if added <= _CALM_FRAMES:
+                break
+        with self._lock:
+            if self._closed:
+                return None
+            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            most = max(most, frames)
+            size = _size(Path(f"{self.path}-wal"))
+            # Under steady load the file is as large as what one interval writes, and
+            # is left alone (cutting it would make the next commits grow it again).
+            if size > WAL_SIZE_LIMIT and 2 * max(in_use, most * page_size) < size:
+                db.execute("PRAGMA busy_timeout = 0")  # another process reading: next time
+                try:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        return int(most)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:

@@ -131,8 +131,9 @@ def test_the_log_starts_over_while_commits_never_pause(tmp_path: Path) -> None:
 def test_a_log_grown_by_a_burst_is_cut_back_when_it_starts_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite keeps a WAL file at the largest size it ever reached; a burst's log is cut
-    back to WAL_SIZE_LIMIT once it starts over (here 256 KiB instead of 64 MiB)."""
+    """SQLite keeps a WAL file at the largest size it ever reached; the service cuts a
+    file larger than WAL_SIZE_LIMIT (here 256 KiB instead of 64 MiB) back once what it
+    holds is mostly copied, on its checkpointer thread."""
     import time
 
     from task_scheduler.stores import sqlite as sqlite_store
@@ -147,7 +148,7 @@ def test_a_log_grown_by_a_burst_is_cut_back_when_it_starts_over(
     service = SQLiteStore(path, checkpoint_interval=0.05)
     deadline = time.monotonic() + 10
     while wal.stat().st_size > 256 * 1024 and time.monotonic() < deadline:
-        time.sleep(0.06)  # the log is copied, then the service's next commit starts it over
+        time.sleep(0.06)  # the log is copied, the service's next commit starts it over, then it is cut
         service.shared.set("tick", str(time.monotonic()), None)
     cut = wal.stat().st_size
     service.close()
