@@ -14,7 +14,6 @@ collected by the loop in batches: one wake-up per batch, not per run.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import heapq
 import logging
@@ -60,22 +59,6 @@ def prepare_process(settings: SchedulerSection) -> None:
         # milliseconds (measured: lateness p50 8.6 ms beside one CPU-bound thread,
         # 1.7 ms with 1 ms). Only lowered, never raised.
         sys.setswitchinterval(settings.switch_interval)
-
-
-_PR_SET_TIMERSLACK = 29  # prctl(2)
-
-
-def precise_timers() -> None:
-    """For the calling thread (the loop): wake from a timed wait at the time asked
-    for, without Linux's default timer slack of 50 us on top (measured on 2,000 waits
-    of ~2 ms: overshoot p50 90-107 -> 35-66 us, p99 240-258 -> 138-149 us). The loop
-    wakes as often as before. Linux only; elsewhere it does nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    except (OSError, AttributeError) as exc:  # no libc prctl: the default slack stays
-        logger.debug("timer slack left at its default: %s", exc)
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from task_scheduler.clock import Clock, SystemClock
 from task_scheduler.config import SchedulerConfig, StoreConfig, load_config
-from task_scheduler.dispatch import Dispatcher, precise_timers, prepare_process
+from task_scheduler.dispatch import Dispatcher, prepare_process
 from task_scheduler.errors import StoreUnavailableError, TaskError, TaskNotFoundError, TaskSchedulerError
 from task_scheduler.events import EventDispatcher, EventType, Listener
 from task_scheduler.execution import CANCEL_REPLACED, CANCEL_SHUTDOWN, retry_for
@@ -495,7 +495,6 @@ class TaskScheduler:
             return list(self._entries.values())
 
     def _loop(self) -> None:
-        precise_timers()
         while not self._stopping.is_set():
             self._wake.clear()
             try:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -332,32 +330,6 @@ def test_start_lowers_the_gil_switch_interval_and_never_raises_it(base_dir: Any)
             assert sys.getswitchinterval() == pytest.approx(expected)
     finally:
         sys.setswitchinterval(before)
-
-
-@pytest.mark.skipif(not Path("/proc/self/timerslack_ns").is_file(), reason="reads timer slack from Linux /proc")
-def test_the_loop_thread_waits_without_timer_slack(base_dir: Any) -> None:
-    """Linux adds up to 50 us of slack to every timed wait; the loop's waits are its
-    firing times, so the loop thread asks for none (1 ns)."""
-    config = SchedulerConfig.from_dict(
-        {"scheduler": {"timezone": "UTC", "base_dir": str(base_dir)}, "store": {"url": "memory://"},
-         "logging": {"log_file": None}}
-    )  # fmt: skip
-
-    def slack_of(thread_id: int | None) -> int:
-        return int(Path(f"/proc/{thread_id}/timerslack_ns").read_text())
-
-    own = slack_of(threading.get_native_id())
-    scheduler = TaskScheduler(config)
-    scheduler.start()
-    try:
-        deadline = time.monotonic() + 10
-        while scheduler.last_step is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # the loop has begun (and set its slack) once it finished a step
-        [loop] = [thread for thread in threading.enumerate() if thread.name == "task-scheduler-loop"]
-        slack = slack_of(loop.native_id)
-    finally:
-        scheduler.stop()
-    assert own > 1 and slack == 1 and slack_of(threading.get_native_id()) == own  # the caller's threads keep theirs
 
 
 def test_reschedule_remove_listener_and_context_manager(config: SchedulerConfig, clock: ManualClock) -> None:
