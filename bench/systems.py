@@ -24,7 +24,10 @@ class TaskSchedulerSystem:
     """task_scheduler: ``add_task`` per job, or its bulk ``add_tasks`` (``bulk``)."""
 
     def __init__(self, store: str, directory: Path, workers: int = 10, bulk: bool = False) -> None:
+        import task_scheduler
         from task_scheduler import SchedulerConfig, TaskScheduler
+
+        self.ts = task_scheduler  # imported once, as a user's module does
 
         url = "memory://" if store == "memory" else "sqlite://state.db"
         settings: dict[str, Any] = {"url": url}
@@ -58,24 +61,17 @@ class TaskSchedulerSystem:
         self.scheduler.start()
 
     def add_interval(self, job_id: str, seconds: float, start: datetime, func: Callable[..., Any], *args: Any) -> None:
-        from task_scheduler import FunctionTask, IntervalRule
-
-        self._add(FunctionTask(job_id, None, func, args=args), IntervalRule(seconds=seconds, start=start))
+        ts = self.ts
+        self._add(ts.FunctionTask(job_id, None, func, args=args), ts.IntervalRule(seconds=seconds, start=start))
 
     def add_once(self, job_id: str, when: datetime, func: Callable[..., Any], *args: Any) -> None:
-        from task_scheduler import FunctionTask, OnceRule
-
-        self._add(FunctionTask(job_id, None, func, args=args), OnceRule(run_at=when))
+        self._add(self.ts.FunctionTask(job_id, None, func, args=args), self.ts.OnceRule(run_at=when))
 
     def add_cron(self, job_id: str, expression: str, func: Callable[..., Any]) -> None:
-        from task_scheduler import CronRule, FunctionTask
-
-        self._add(FunctionTask(job_id, None, func), CronRule(cron=expression))
+        self._add(self.ts.FunctionTask(job_id, None, func), self.ts.CronRule(cron=expression))
 
     def add_script(self, job_id: str, when: datetime, path: str) -> None:
-        from task_scheduler import OnceRule, ScriptTask
-
-        self._add(ScriptTask(job_id, None, path, timeout=60), OnceRule(run_at=when))
+        self._add(self.ts.ScriptTask(job_id, None, path, timeout=60), self.ts.OnceRule(run_at=when))
 
     def add_persistent(self, job_id: str, seconds: float) -> None:
         """A job the store keeps (restored by the next process), by reference."""
@@ -120,6 +116,9 @@ class APSchedulerSystem:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.memory import MemoryJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+
+        self.cron_trigger = CronTrigger  # imported once, as a user's module does
 
         if store == "memory":
             jobstore: Any = MemoryJobStore()
@@ -149,9 +148,7 @@ class APSchedulerSystem:
         self.scheduler.add_job(func, "date", run_date=when, args=args, id=job_id)
 
     def add_cron(self, job_id: str, expression: str, func: Callable[..., Any]) -> None:
-        from apscheduler.triggers.cron import CronTrigger
-
-        self.scheduler.add_job(func, CronTrigger.from_crontab(expression, timezone="UTC"), id=job_id)
+        self.scheduler.add_job(func, self.cron_trigger.from_crontab(expression, timezone="UTC"), id=job_id)
 
     def add_script(self, job_id: str, when: datetime, path: str) -> None:
         self.scheduler.add_job(run_script, "date", run_date=when, args=(path,), id=job_id)

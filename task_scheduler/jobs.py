@@ -479,7 +479,7 @@ def store_jobs(
     *,
     replace: bool = False,
     source: str | None = None,
-) -> dict[str, TaskState]:
+) -> Mapping[str, TaskState]:
     """Add persistent jobs to ``store`` (``replace``: change existing ones), as
     ``task-scheduler add`` does; a running scheduler picks them up within its
     ``check_interval``. Every job is built first (its code imported, its script
@@ -503,7 +503,7 @@ def store_jobs(
         if state is not None and not replace:
             raise TaskError(f"persistent job {spec.id!r} exists already (replace it with --replace)")
         task, rule = spec.build(config, where, source)
-        definitions.append(register(task, rule, config, zone, now, Origin.PERSISTENT, spec.to_dict()).definition)
+        definitions.append(register(task, rule, config, zone, now, Origin.PERSISTENT, spec.to_dict()))
     ids = [d.task_id for d in definitions]
     if len(set(ids)) != len(ids):
         raise TaskError(f"job id {next(i for i in ids if ids.count(i) > 1)!r} is given twice")

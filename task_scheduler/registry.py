@@ -24,19 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["Registered", "register"]
 
 
-@dataclass(slots=True)
-class Registered:
-    """A registered task with its effective (defaults-applied) settings."""
+@dataclass(slots=True, kw_only=True)
+class Registered(TaskDefinition):
+    """A registered task: the definition its store is given, with what the scheduler
+    keeps beside it (the task, its zone-bound rule and its effective retry policy and
+    timeout). One object per task, not two: it is what ``add_task`` costs."""
 
+    rule: ScheduleRule  # narrows the definition's (a rule, never a stored fingerprint)
     task: BaseTask
-    rule: ScheduleRule
-    definition: TaskDefinition
     retry: RetryPolicy
     timeout: float | None
-
-    @property
-    def origin(self) -> Origin:
-        return self.definition.origin
 
 
 def register(
@@ -68,9 +65,9 @@ def register(
         defaults.retry_on_timeout,
         defaults.retry_jitter,
     )
-    definition = TaskDefinition(
+    return Registered(
         task_id=task.task_id,
-        fingerprint=rule.fingerprint(),
+        rule=rule,
         first_fire=rule.first_fire_time(now),
         misfire_grace_time=_first(task.misfire_grace_time, settings.misfire_grace_time),
         coalesce=_first(task.coalesce, settings.coalesce),
@@ -84,9 +81,10 @@ def register(
         origin=origin,
         spec=spec,
         problem=problem,
+        task=task,
+        retry=retry,
+        timeout=_first(task.timeout, defaults.default_timeout),
     )
-    timeout = _first(task.timeout, defaults.default_timeout)
-    return Registered(task, rule, definition, retry, timeout)
 
 
 @lru_cache(maxsize=256)

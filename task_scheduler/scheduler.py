@@ -195,7 +195,7 @@ class TaskScheduler:
                     raise TaskError(
                         f"task {task_id!r} comes from the config file {self.config.source}; change it there"
                     )
-            states = self.store.sync_tasks([entry.definition for entry in entries], self.node_id)
+            states = self.store.sync_tasks(entries, self.node_id)
             for entry in entries:
                 self._entries[entry.task.task_id] = entry
                 if not entry.task.enabled and not states[entry.task.task_id].paused:
@@ -204,10 +204,10 @@ class TaskScheduler:
             logger.info("added %d tasks", len(entries))
         else:
             for entry in entries:
-                logger.info("added task %s: %s", entry.task.task_id, entry.definition.schedule)
+                logger.info("added task %s: %s", entry.task_id, entry.schedule)
         # Wake the loop only when a new task is due before it would wake anyway.
         wake_at = self._wake_at
-        if wake_at is None or any(e.definition.first_fire and e.definition.first_fire < wake_at for e in entries):
+        if wake_at is None or any(e.first_fire and e.first_fire < wake_at for e in entries):
             self._wake.set()
 
     def scheduled(
@@ -253,10 +253,10 @@ class TaskScheduler:
         """Give a task a new rule; its next fire is computed from the new rule. A
         persistent job's stored definition changes with it."""
         entry = self._get(task_id)
-        spec = entry.definition.spec
+        spec = entry.spec
         if spec is not None:
             spec = {**spec, "schedule": rule.to_dict()}
-        self._add([(entry.task, rule, spec, entry.definition.problem)], entry.origin, replace_existing=True)
+        self._add([(entry.task, rule, spec, entry.problem)], entry.origin, replace_existing=True)
 
     def pause_task(self, task_id: str) -> None:
         """Stop firing ``task_id`` (a run in progress finishes); survives restarts."""
@@ -384,7 +384,7 @@ class TaskScheduler:
 
     def _definitions(self) -> list[TaskDefinition]:
         with self._lock:
-            return [entry.definition for entry in self._entries.values()]
+            return list(self._entries.values())
 
     def _next_fire(self, task_id: str, after: datetime) -> datetime | None:
         entry = self._entries.get(task_id)
@@ -482,7 +482,7 @@ class TaskScheduler:
         removed them); returns the remaining persistent tasks' specs by id, and the ids
         of this process's other tasks."""
         with self._lock:
-            mine = {tid: e.definition.spec for tid, e in self._entries.items() if e.origin is Origin.PERSISTENT}
+            mine = {tid: e.spec for tid, e in self._entries.items() if e.origin is Origin.PERSISTENT}
             others = {tid for tid, e in self._entries.items() if e.origin is not Origin.PERSISTENT}
             for task_id in set(mine) - kept:
                 del self._entries[task_id]

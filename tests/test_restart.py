@@ -167,7 +167,7 @@ def test_runs_of_a_dead_local_process_are_interrupted_at_start(base_dir: Path) -
     dead.wait()  # a pid that no longer exists
     node = NodeInfo(f"{socket.gethostname()}:{dead.pid}", socket.gethostname(), dead.pid, T0, T0)
     store.heartbeat(node, [], T0)
-    store.sync_tasks([first.scheduler._entries["tick"].definition], node.node_id)  # that process ran "tick" too
+    store.sync_tasks([first.scheduler._entries["tick"]], node.node_id)  # that process ran "tick" too
     store.claim_due(
         T0 + timedelta(seconds=10), 10, node.node_id, T0 + timedelta(hours=1), lambda t, a: a + timedelta(seconds=10)
     )
@@ -189,7 +189,7 @@ def test_runs_of_a_silent_remote_node_are_interrupted_when_the_lease_expires(bas
     service.scheduler.run_due()
     node = NodeInfo("other-host:1", "other-host", os.getpid(), T0, T0)
     service.scheduler.store.heartbeat(node, [], T0)
-    service.scheduler.store.sync_tasks([service.scheduler._entries["tick"].definition], node.node_id)
+    service.scheduler.store.sync_tasks([service.scheduler._entries["tick"]], node.node_id)
     service.scheduler.store.claim_due(
         T0 + timedelta(seconds=10), 10, node.node_id, T0 + timedelta(seconds=40), lambda t, a: a + timedelta(seconds=10)
     )

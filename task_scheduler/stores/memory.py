@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,16 +51,18 @@ class MemoryStore:
         # strings, numbers and datetimes, so a large history costs no GC pauses.
         self._history: dict[str, list[tuple[Any, ...]]] = {}  # a list: one-time tasks keep one row
         self._nodes: dict[str, NodeInfo] = {}
-        # node -> task_id -> fingerprint (one dict per node, not one per task)
-        self._registrations: dict[str, dict[str, str]] = {}
+        # node -> task_id -> the definition it registered (one dict per node, not one
+        # per task; compared by fingerprint unless it is the stored one itself)
+        self._registrations: dict[str, dict[str, TaskDefinition]] = {}
         self._revision = 0
         self._max_history = max_history_per_task
         self.shared = MemorySharedValues()
 
     # -- registration ---------------------------------------------------------------
-    def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
+    def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> Mapping[str, TaskState]:
+        """The states come back as a mapping that builds each one when it is read
+        (an ``add_task`` reads none): see `Store.sync_tasks`."""
         with self._lock:
-            result = {}
             for definition in definitions:
                 task_id = definition.task_id
                 task = self._tasks.get(task_id)
@@ -78,10 +80,9 @@ class MemoryStore:
                 task.definition = definition
                 self._tasks[task_id] = task
                 if node is not None:
-                    self._registrations.setdefault(node, {})[task_id] = definition.fingerprint
+                    self._registrations.setdefault(node, {})[task_id] = definition
                 self._push(task)
-                result[task_id] = task.state()
-            return result
+        return _States(self, [definition.task_id for definition in definitions])
 
     def remove_tasks(self, task_ids: Iterable[str], node: str | None = None) -> None:
         with self._lock:
@@ -138,7 +139,8 @@ class MemoryStore:
     def _registered_as(self, task: _Task, node: str) -> bool:
         """Whether ``node`` registered the task with its stored fingerprint."""
         definition = task.definition
-        return self._registrations.get(node, {}).get(definition.task_id) == definition.fingerprint
+        registered = self._registrations.get(node, {}).get(definition.task_id)
+        return registered is definition or (registered is not None and registered.fingerprint == definition.fingerprint)
 
     def _registered(self, task_id: str) -> bool:
         """Whether any node has the task registered."""
@@ -350,6 +352,13 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to release."""
 
+    def _state_of(self, task_id: str) -> TaskState:
+        with self._lock:
+            task = self._tasks.get(task_id) or self._removed.get(task_id)
+            if task is None:
+                raise KeyError(task_id)
+            return task.state()
+
     # -- internals (lock held) ------------------------------------------------------
     def _unschedule(self, task_id: str) -> None:
         """Unschedule a task (its heap entries go stale: it is no longer in _tasks)."""
@@ -465,6 +474,24 @@ class _Task:
         )  # fmt: skip
         state.next_run_at, state.paused, state.finished = self.next_run_at, self.paused, self.finished
         return state
+
+
+class _States(Mapping[str, TaskState]):
+    """`MemoryStore.sync_tasks`'s states: each built (detached, current) when read."""
+
+    def __init__(self, store: MemoryStore, task_ids: list[str]) -> None:
+        self._store, self._ids = store, dict.fromkeys(task_ids)
+
+    def __getitem__(self, task_id: str) -> TaskState:
+        if task_id not in self._ids:
+            raise KeyError(task_id)
+        return self._store._state_of(task_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class MemorySharedValues:
