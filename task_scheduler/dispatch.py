@@ -169,6 +169,7 @@ class Dispatcher:
                     self._progress.notify_all()
             if first:  # one wake per batch: the loop collects everything finished so far
                 self._wake()
+            del active  # an idle worker does not keep its last task alive
 
     # -- the loop's side --------------------------------------------------------------
     def enforce_timeouts(self, now: datetime) -> None:

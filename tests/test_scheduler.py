@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -246,6 +248,25 @@ def test_pause_resume_run_now_remove(scheduler: TaskScheduler, clock: ManualCloc
     assert len(recorder.calls) == 2
     with pytest.raises(TaskNotFoundError):
         scheduler.get_task_status("job")
+
+
+def test_a_removed_task_is_not_kept_alive(scheduler: TaskScheduler, clock: ManualClock) -> None:
+    """Tasks added and removed at run time leave their counters and history behind,
+    not their objects (nor what those hold)."""
+
+    class Job(BaseTask):
+        def execute(self) -> bool:
+            return True
+
+    job = Job("job")
+    freed = weakref.ref(job)
+    scheduler.add_task(job, IntervalRule(seconds=10))
+    step(scheduler, clock, 10)
+    scheduler.remove_task("job")
+    del job
+    gc.collect()
+    assert freed() is None
+    assert [record.state.value for record in scheduler.store.history("job")] == ["succeeded"]
 
 
 def test_bad_additions_are_rejected_and_change_nothing(scheduler: TaskScheduler, clock: ManualClock) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
@@ -187,6 +187,12 @@ class TaskDefinition:
     def fingerprint(self) -> str:
         rule = self.rule
         return rule if isinstance(rule, str) else rule.fingerprint()
+
+    def detached(self) -> TaskDefinition:
+        """This definition alone, its rule as a fingerprint: without what a subclass
+        (the scheduler's `Registered`: the task object, its function) keeps beside it."""
+        values = {f.name: getattr(self, f.name) for f in fields(TaskDefinition)}
+        return TaskDefinition(**{**values, "rule": self.fingerprint})
 
     def options(self) -> dict[str, Any]:
         """The claim options as JSON-able data (stores persist them)."""

@@ -368,6 +368,7 @@ class MemoryStore:
         if task is not None:
             if task.definition.origin is Origin.PERSISTENT:
                 self._revision += 1
+            task.definition = task.definition.detached()  # the removed task's object is not kept alive
             self._removed[task_id] = task
 
     def _replace_interrupted(self, record: RunRecord, retried: bool) -> None:
