@@ -53,15 +53,15 @@ def register(
         raise TaskError(f"expected a BaseTask, got {task!r}")
     if not isinstance(rule, ScheduleRule):
         raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
-    defaults, settings = config.tasks, config.scheduler
+    defaults, scheduler, given = config.tasks, config.scheduler, task.settings
     if isinstance(task, ScriptTask):
         task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs, config.tasks.secret_env)
     rule = rule.with_timezone(zone)
     retry = _retry_policy(
-        _first(task.max_retries, defaults.max_retries),
-        _first(task.retry_delay, defaults.retry_delay),
-        task.retry_backoff or defaults.retry_backoff,
-        _first(task.max_retry_delay, defaults.max_retry_delay),
+        _first(given.max_retries, defaults.max_retries),
+        _first(given.retry_delay, defaults.retry_delay),
+        given.retry_backoff or defaults.retry_backoff,
+        _first(given.max_retry_delay, defaults.max_retry_delay),
         defaults.retry_on_timeout,
         defaults.retry_jitter,
     )
@@ -69,13 +69,13 @@ def register(
         task_id=task.task_id,
         rule=rule,
         first_fire=rule.first_fire_time(now),
-        misfire_grace_time=_first(task.misfire_grace_time, settings.misfire_grace_time),
-        coalesce=_first(task.coalesce, settings.coalesce),
-        catch_up=_first(task.catch_up, settings.catch_up),
-        max_instances=task.max_instances,
-        concurrency_policy=task.concurrency_policy,
-        max_runs=task.max_runs,
-        recover=task.recover,
+        misfire_grace_time=_first(given.misfire_grace_time, scheduler.misfire_grace_time),
+        coalesce=_first(given.coalesce, scheduler.coalesce),
+        catch_up=_first(given.catch_up, scheduler.catch_up),
+        max_instances=given.max_instances,
+        concurrency_policy=given.concurrency_policy,
+        max_runs=given.max_runs,
+        recover=given.recover,
         name=task.name,
         schedule=rule.describe(),
         origin=origin,
@@ -83,7 +83,7 @@ def register(
         problem=problem,
         task=task,
         retry=retry,
-        timeout=_first(task.timeout, defaults.default_timeout),
+        timeout=_first(given.timeout, defaults.default_timeout),
     )
 
 

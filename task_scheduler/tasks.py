@@ -28,6 +28,7 @@ from task_scheduler.errors import TaskError
 from task_scheduler.processes import GroupKiller, MeasuredPopen, decode, devnull, read_until_exit, report_process
 from task_scheduler.redact import is_secret, mask_values, redact_args
 from task_scheduler.stores.base import ConcurrencyPolicy
+from task_scheduler.task_settings import Setting, TaskSettings, shared_settings
 
 __all__ = [
     "Backoff",
@@ -264,13 +265,25 @@ class BaseTask:
     as the next attempt of the same occurrence (Quartz's "requests recovery").
     """
 
-    # Slots keep 100,000 tasks small; a subclass without __slots__ still gets a
-    # __dict__ for its own attributes.
-    __slots__ = (
-        "catch_up", "coalesce", "concurrency_policy", "description", "enabled", "last_error", "max_instances",
-        "max_retries", "max_retry_delay", "max_runs", "misfire_grace_time", "name", "recover", "retry_backoff",
-        "retry_delay", "tags", "task_id", "timeout",
-    )  # fmt: skip
+    # Slots keep 100,000 tasks small (a subclass without __slots__ still gets a
+    # __dict__ for its own attributes); the settings are one shared object.
+    __slots__ = ("last_error", "name", "settings", "task_id")
+
+    description = Setting[str]()
+    timeout = Setting[float | None]()
+    max_retries = Setting[int | None]()
+    retry_delay = Setting[float | None]()
+    retry_backoff = Setting[Backoff | None]()
+    max_retry_delay = Setting[float | None]()
+    max_instances = Setting[int]()
+    concurrency_policy = Setting[ConcurrencyPolicy]()
+    misfire_grace_time = Setting[float | None]()
+    coalesce = Setting[bool | None]()
+    catch_up = Setting[bool | None]()
+    max_runs = Setting[int | None]()
+    recover = Setting[bool]()
+    tags = Setting[tuple[str, ...]]()
+    enabled = Setting[bool]()
 
     def __init__(
         self,
@@ -297,33 +310,21 @@ class BaseTask:
             raise TaskError(f"task_id must be a non-empty string, got {task_id!r}")
         self.task_id = task_id
         self.name = name or task_id
-        self.description = description
-        self.timeout = _positive_or_none(task_id, "timeout", timeout)
-        self.max_retries = max_retries
-        self.retry_delay = retry_delay
-        self.retry_backoff = (
-            retry_backoff if retry_backoff is None or type(retry_backoff) is Backoff else Backoff(retry_backoff)
-        )
-        self.max_retry_delay = max_retry_delay
+        self.last_error: str | None = None
         if not isinstance(max_instances, int) or max_instances < 1:
             raise TaskError(f"task {task_id!r}: max_instances must be an integer >= 1, got {max_instances!r}")
-        self.max_instances = max_instances
-        # (an enum call costs microseconds: skip it when given the member itself)
-        self.concurrency_policy = (
-            concurrency_policy
-            if type(concurrency_policy) is ConcurrencyPolicy
-            else ConcurrencyPolicy(concurrency_policy)
-        )
-        self.misfire_grace_time = misfire_grace_time
-        self.coalesce = coalesce
-        self.catch_up = catch_up
         if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
             raise TaskError(f"task {task_id!r}: max_runs must be an integer >= 1, got {max_runs!r}")
-        self.max_runs = max_runs
-        self.recover = recover
-        self.tags = tuple(tags)
-        self.enabled = enabled
-        self.last_error: str | None = None
+        # (an enum call costs microseconds: skip it when given the member itself)
+        if type(concurrency_policy) is not ConcurrencyPolicy:
+            concurrency_policy = ConcurrencyPolicy(concurrency_policy)
+        if retry_backoff is not None and type(retry_backoff) is not Backoff:
+            retry_backoff = Backoff(retry_backoff)
+        self.settings: TaskSettings = shared_settings(
+            description, _positive_or_none(task_id, "timeout", timeout), max_retries, retry_delay, retry_backoff,
+            max_retry_delay, max_instances, concurrency_policy, misfire_grace_time, coalesce, catch_up, max_runs,
+            recover, tuple(tags), enabled,
+        )  # fmt: skip
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

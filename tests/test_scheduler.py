@@ -269,6 +269,20 @@ def test_a_removed_task_is_not_kept_alive(scheduler: TaskScheduler, clock: Manua
     assert [record.state.value for record in scheduler.store.history("job")] == ["succeeded"]
 
 
+def test_a_setting_changed_on_one_task_leaves_the_others_alone(scheduler: TaskScheduler) -> None:
+    """Tasks with equal settings share one settings object: a setting changed on one
+    task after it was made (``task.timeout = 5``) is that task's alone."""
+    first, second = FunctionTask("a", None, print), FunctionTask("b", None, print)
+    first.timeout, first.max_instances, first.tags = 5.0, 3, ["nightly"]  # a list: not shareable
+    for task in (first, second):
+        scheduler.add_task(task, IntervalRule(seconds=10))
+    statuses = [scheduler.get_task_status(task_id) for task_id in ("a", "b")]
+    assert [(s["timeout"], s["max_instances"], s["tags"]) for s in statuses] == [
+        (5.0, 3, ["nightly"]),
+        (scheduler.config.tasks.default_timeout, 1, []),
+    ]
+
+
 def test_bad_additions_are_rejected_and_change_nothing(scheduler: TaskScheduler, clock: ManualClock) -> None:
     recorder = Recorder(clock)
     scheduler.add_task(recorder.task("job"), IntervalRule(seconds=1))
