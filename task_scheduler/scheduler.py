@@ -410,7 +410,7 @@ class TaskScheduler:
             for record, active in finished:
                 entry = active.entry if active else self._entries.get(record.task_id)
                 # Retries decided during shutdown are stored too: the next start runs them.
-                retry = retry_for(record, entry.retry, now, entry.task.recover) if entry else None
+                retry = retry_for(record, entry.retry, now, entry.recover) if entry else None
                 if retry is not None:
                     retries.append(retry)
         self._membership.write(records, retries)  # kept in its outbox while the store is down
