@@ -14,8 +14,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from task_scheduler.errors import TaskError
-from task_scheduler.schedules import ScheduleRule
+from task_scheduler.schedules import CronRule, IntervalRule, OnceRule, ScheduleRule
 from task_scheduler.stores.base import Origin, TaskDefinition
+from task_scheduler.task_settings import settings_of
 from task_scheduler.tasks import Backoff, BaseTask, RetryPolicy, ScriptTask
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ class Registered(TaskDefinition):
     timeout: float | None
 
 
+_OWN_RULES = (CronRule, IntervalRule, OnceRule)  # fingerprinted when a store asks (they always can)
+
+
 def register(
     task: BaseTask,
     rule: ScheduleRule,
@@ -53,10 +57,12 @@ def register(
         raise TaskError(f"expected a BaseTask, got {task!r}")
     if not isinstance(rule, ScheduleRule):
         raise TaskError(f"task {task.task_id!r}: expected a ScheduleRule, got {rule!r}")
-    defaults, scheduler, given = config.tasks, config.scheduler, task.settings
+    defaults, scheduler, given = config.tasks, config.scheduler, settings_of(task)
     if isinstance(task, ScriptTask):
         task.bind(config.base_dir, config.data_dir, config.allowed_script_dirs, config.tasks.secret_env)
     rule = rule.with_timezone(zone)
+    if type(rule) not in _OWN_RULES:
+        rule.fingerprint()  # a rule of the user's own that cannot say what it is fails here, not in a status call
     retry = _retry_policy(
         _first(given.max_retries, defaults.max_retries),
         _first(given.retry_delay, defaults.retry_delay),

@@ -9,6 +9,7 @@ swaps the task's settings object for the one with that change).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -17,7 +18,7 @@ from task_scheduler.stores.base import ConcurrencyPolicy
 if TYPE_CHECKING:
     from task_scheduler.tasks import Backoff, BaseTask
 
-__all__ = ["Setting", "TaskSettings", "shared_settings"]
+__all__ = ["Setting", "TaskSettings", "check_class", "settings_of", "shared_settings"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,12 @@ _FIELDS = tuple(f.name for f in fields(TaskSettings))
 _DEFAULT = TaskSettings()
 _DEFAULT_VALUES = tuple(getattr(_DEFAULT, name) for name in _FIELDS)
 _SHARED: dict[tuple[Any, ...], TaskSettings] = {}  # values -> the one object (bounded)
+_WRITES = threading.Lock()  # two threads setting two settings of one task keep both
+
+
+def settings_of(task: BaseTask) -> TaskSettings:
+    """``task``'s settings object (registering reads them all at once)."""
+    return task._settings
 
 
 def shared_settings(*values: Any) -> TaskSettings:
@@ -64,6 +71,18 @@ def shared_settings(*values: Any) -> TaskSettings:
     return settings
 
 
+def check_class(cls: type) -> None:
+    """Refuse a `BaseTask` subclass that defines a setting's name itself (a class
+    attribute ``timeout = 30``, a property, a slot): the scheduler reads the settings
+    object, so such an attribute would change what the task reports, not what it does."""
+    for name in _FIELDS:
+        if name in cls.__dict__ and not isinstance(cls.__dict__[name], Setting):
+            raise TypeError(
+                f"{cls.__qualname__}.{name}: a task setting is not a class attribute; pass it to "
+                f"BaseTask.__init__ (super().__init__(task_id, {name}=...)) or set it on the task"
+            )
+
+
 class Setting(Generic[T]):
     """A `BaseTask` attribute kept in its shared `TaskSettings`."""
 
@@ -79,9 +98,11 @@ class Setting(Generic[T]):
     def __get__(self, task: BaseTask | None, owner: type | None = None) -> Setting[T] | T:
         if task is None:
             return self
-        value: T = getattr(task.settings, self.name)
+        value: T = getattr(task._settings, self.name)
         return value
 
     def __set__(self, task: BaseTask, value: T) -> None:
-        settings = getattr(task, "settings", _DEFAULT)  # (a subclass may set one before BaseTask.__init__)
-        task.settings = shared_settings(*(value if name == self.name else getattr(settings, name) for name in _FIELDS))
+        with _WRITES:
+            settings = getattr(task, "_settings", _DEFAULT)  # (a subclass may set one before BaseTask.__init__)
+            values = (value if name == self.name else getattr(settings, name) for name in _FIELDS)
+            task._settings = shared_settings(*values)

@@ -28,7 +28,7 @@ from task_scheduler.errors import TaskError
 from task_scheduler.processes import GroupKiller, MeasuredPopen, decode, devnull, read_until_exit, report_process
 from task_scheduler.redact import is_secret, mask_values, redact_args
 from task_scheduler.stores.base import ConcurrencyPolicy
-from task_scheduler.task_settings import Setting, TaskSettings, shared_settings
+from task_scheduler.task_settings import Setting, TaskSettings, check_class, shared_settings
 
 __all__ = [
     "Backoff",
@@ -267,7 +267,7 @@ class BaseTask:
 
     # Slots keep 100,000 tasks small (a subclass without __slots__ still gets a
     # __dict__ for its own attributes); the settings are one shared object.
-    __slots__ = ("last_error", "name", "settings", "task_id")
+    __slots__ = ("_settings", "last_error", "name", "task_id")
 
     description = Setting[str]()
     timeout = Setting[float | None]()
@@ -320,7 +320,7 @@ class BaseTask:
             concurrency_policy = ConcurrencyPolicy(concurrency_policy)
         if retry_backoff is not None and type(retry_backoff) is not Backoff:
             retry_backoff = Backoff(retry_backoff)
-        self.settings: TaskSettings = shared_settings(
+        self._settings: TaskSettings = shared_settings(
             description, _positive_or_none(task_id, "timeout", timeout), max_retries, retry_delay, retry_backoff,
             max_retry_delay, max_instances, concurrency_policy, misfire_grace_time, coalesce, catch_up, max_runs,
             recover, tuple(tags), enabled,
@@ -329,6 +329,7 @@ class BaseTask:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._takes_context = _accepts_argument(cls.execute)
+        check_class(cls)
 
     _takes_context = True
 

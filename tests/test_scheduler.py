@@ -258,6 +258,8 @@ def test_a_removed_task_is_not_kept_alive(scheduler: TaskScheduler, clock: Manua
         def execute(self) -> bool:
             return True
 
+    other = TaskScheduler(scheduler.config, store=scheduler.store, clock=clock, node_id="other")
+    other.add_task(Job("job"), IntervalRule(seconds=10))  # another node runs it too, and goes on
     job = Job("job")
     freed = weakref.ref(job)
     scheduler.add_task(job, IntervalRule(seconds=10))
@@ -281,6 +283,72 @@ def test_a_setting_changed_on_one_task_leaves_the_others_alone(scheduler: TaskSc
         (5.0, 3, ["nightly"]),
         (scheduler.config.tasks.default_timeout, 1, []),
     ]
+
+
+def test_a_subclass_defining_a_setting_itself_is_refused() -> None:
+    """A class attribute ``timeout = 30`` (as Celery task classes say it) or a property
+    of a setting's name would change what the task reports, not what the scheduler
+    does: defining the class says so."""
+    with pytest.raises(
+        TypeError, match=r"Backup\.timeout: a task setting is not a class attribute; pass it to BaseTask"
+    ):
+
+        class Backup(BaseTask):
+            timeout = 30.0
+
+    with pytest.raises(TypeError, match=r"Report\.enabled: a task setting is not a class attribute"):
+
+        class Report(BaseTask):
+            @property
+            def enabled(self) -> bool:
+                return False
+
+
+def test_settings_set_from_two_threads_are_both_kept() -> None:
+    """Each write swaps the task's shared settings object: two threads writing two
+    settings of one task must not undo each other's writes."""
+    task = FunctionTask("job", None, print)
+    lost: list[str] = []
+
+    def write(name: str) -> None:
+        for value in range(1, 3001):
+            setattr(task, name, value)
+            if getattr(task, name) != value:
+                lost.append(name)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        writers = [threading.Thread(target=write, args=(name,)) for name in ("timeout", "max_retries")]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert lost == [] and (task.timeout, task.max_retries) == (3000, 3000)
+
+
+def test_a_rule_that_cannot_say_what_it_is_is_refused_at_add(scheduler: TaskScheduler) -> None:
+    """A rule class of the user's own whose fingerprint fails is refused by add_task,
+    not accepted to break every later status call."""
+
+    class Hourly(ScheduleRule):
+        def __init__(self) -> None:
+            self._init_common(None, None, None, 0, {})
+
+        def next_fire_time(self, after: datetime) -> datetime:
+            return after + timedelta(hours=1)
+
+        def describe(self) -> str:
+            return "every hour"
+
+    with pytest.raises(NotImplementedError):  # ScheduleRule.to_dict
+        scheduler.add_task(FunctionTask("job", None, print), Hourly())
+    scheduler.add_task(FunctionTask("other", None, print), IntervalRule(hours=1))
+    assert scheduler.get_task_status("other")["status"] == "scheduled"
+    with pytest.raises(TaskNotFoundError):
+        scheduler.get_task_status("job")
 
 
 def test_bad_additions_are_rejected_and_change_nothing(scheduler: TaskScheduler, clock: ManualClock) -> None:

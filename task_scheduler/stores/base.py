@@ -191,8 +191,7 @@ class TaskDefinition:
     def detached(self) -> TaskDefinition:
         """This definition alone, its rule as a fingerprint: without what a subclass
         (the scheduler's `Registered`: the task object, its function) keeps beside it."""
-        values = {f.name: getattr(self, f.name) for f in fields(TaskDefinition)}
-        return TaskDefinition(**{**values, "rule": self.fingerprint})
+        return TaskDefinition(self.task_id, self.fingerprint, *(getattr(self, name) for name in _DEFINITION_FIELDS[2:]))
 
     def options(self) -> dict[str, Any]:
         """The claim options as JSON-able data (stores persist them)."""
@@ -213,6 +212,9 @@ class TaskDefinition:
         """The claim options read back (origin, spec and problem are stored apart)."""
         policy = ConcurrencyPolicy(options.pop("concurrency_policy", "forbid"))
         return cls(task_id, fingerprint, None, concurrency_policy=policy, **options)
+
+
+_DEFINITION_FIELDS = tuple(f.name for f in fields(TaskDefinition))
 
 
 @dataclass(slots=True)

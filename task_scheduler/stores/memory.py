@@ -91,6 +91,10 @@ class MemoryStore:
                 if node is not None:
                     self._registrations.get(node, {}).pop(task_id, None)
                     if self._registered(task_id) and (task is None or task.definition.origin is not Origin.PERSISTENT):
+                        if task is not None and not any(
+                            registered.get(task_id) is task.definition for registered in self._registrations.values()
+                        ):  # other nodes run it on: keep this node's rule, not its task object
+                            task.definition = task.definition.detached()
                         continue
                 self._unschedule(task_id)
 
@@ -311,6 +315,10 @@ class MemoryStore:
 
     # -- queries --------------------------------------------------------------------
     def task_states(self) -> dict[str, TaskState]:
+        with self._lock:
+            definitions = [task.definition for task in self._tasks.values()]
+        for definition in definitions:
+            definition.fingerprint  # noqa: B018 - made outside the lock the loop claims under
         with self._lock:
             return {task_id: task.state() for task_id, task in self._tasks.items()}
 

@@ -91,6 +91,8 @@ class SQLStore(SQLQueries):
     # -- registration ------------------------------------------------------------------
     def sync_tasks(self, definitions: Sequence[TaskDefinition], node: str | None = None) -> dict[str, TaskState]:
         d = self.dialect
+        for definition in definitions:
+            definition.fingerprint  # noqa: B018 - made here (~2 us each), not inside the transaction
         with self._transaction() as db:
             self._lock_registrations(db)
             stored: dict[str, tuple[TaskState, tuple[Any, ...], bool]] = {}
