@@ -41,6 +41,7 @@ from task_scheduler.stores.base import (
 )
 from task_scheduler.stores.policy import decide, exhausted, record_for, recovery_of
 from task_scheduler.stores.sql_queries import (
+    FINAL,
     REGISTERED,
     RUN_COLUMNS,
     TASK_COLUMNS,
@@ -339,6 +340,7 @@ class SQLStore(SQLQueries):
             retries = [retry for retry in retries if retry.record.run_id in taken]
             retried = {retry.record.run_id for retry in retries}
             states, definitions = self._locked_tasks(db, {r.task_id for r in records})
+            read = {task_id: (state.next_run_at, state.finished) for task_id, state in states.items()}
             db.executemany(
                 "UPDATE runs SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, error = ?, output = ?, "
                 "cpu_user = ?, cpu_system = ?, max_rss = ?, lease_until = NULL, due_at = NULL WHERE run_id = ?",
@@ -369,7 +371,7 @@ class SQLStore(SQLQueries):
                     state.next_run_at = None
                 if state.next_run_at is None:
                     state.finished = not self._has_active(db, state.task_id)
-            self._write_states(db, list(states.values()))
+            self._write_states(db, list(states.values()), read)
 
     def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
         with self._transaction() as db:
@@ -475,11 +477,10 @@ class SQLStore(SQLQueries):
         """Index-driven deletes in short transactions, so claims are never held up
         for long even with millions of history rows: one range delete by age, then
         per task that has too many records, a range delete below its cut-off."""
-        final = "state NOT IN ('scheduled', 'running')"
         removed = 0
         if older_than is not None:
             with self._transaction() as db:
-                query = f"DELETE FROM runs WHERE finished_at < ? AND {final}"
+                query = f"DELETE FROM runs WHERE finished_at < ? AND {FINAL}"
                 removed += db.execute(query, (self.dialect.to_db(older_than),)).rowcount
         if keep_per_task is None:
             return removed
@@ -497,7 +498,7 @@ class SQLStore(SQLQueries):
                 ).fetchone()
                 if cutoff is None:  # pruned meanwhile by another node
                     continue
-                query = f"DELETE FROM runs WHERE task_id = ? AND (finished_at, run_id) < (?, ?) AND {final}"
+                query = f"DELETE FROM runs WHERE task_id = ? AND (finished_at, run_id) < (?, ?) AND {FINAL}"
                 removed += db.execute(query, (task_id, *cutoff)).rowcount
         return removed
 
@@ -516,22 +517,36 @@ class SQLStore(SQLQueries):
                 definitions[row[0]] = _definition(row[0], row[1], row[-1])
         return states, definitions
 
-    def _write_states(self, db: Session, states: list[TaskState]) -> None:
-        to_db = self.dialect.to_db
-        db.executemany(
-            "UPDATE tasks SET next_run_at = ?, finished = ?, run_count = ?, success_count = ?, failure_count = ?, "
-            "retry_count = ?, missed_count = ?, skipped_count = ?, interrupted_count = ?, total_duration = ?, "
-            "last_run_at = ?, last_state = ?, last_error = ?, last_duration = ? WHERE task_id = ?",
-            [
-                (
-                    to_db(s.next_run_at), s.finished, s.run_count, s.success_count, s.failure_count,
-                    s.retry_count, s.missed_count, s.skipped_count, s.interrupted_count, s.total_duration,
-                    to_db(s.last_run_at), s.last_state.value if s.last_state else None, self.dialect.text(s.last_error),
-                    s.last_duration, s.task_id,
-                )
-                for s in sorted(states, key=lambda s: s.task_id)
-            ],
-        )  # fmt: skip
+    def _write_states(
+        self, db: Session, states: list[TaskState], read: dict[str, tuple[Any, bool]] | None = None
+    ) -> None:
+        """Write the states back. ``read``: each task's (next_run_at, finished) as read;
+        where both are unchanged only the counters are written, which leaves the task's
+        entry in the due-time index alone (SQLite rewrites an index entry whenever an
+        UPDATE sets one of its columns: a page more in the log for every outcome)."""
+        to_db, text = self.dialect.to_db, self.dialect.text
+        counters = (
+            "run_count = ?, success_count = ?, failure_count = ?, retry_count = ?, missed_count = ?, "
+            "skipped_count = ?, interrupted_count = ?, total_duration = ?, last_run_at = ?, last_state = ?, "
+            "last_error = ?, last_duration = ?"
+        )
+        counted: list[tuple[Any, ...]] = []  # only the counters changed
+        rescheduled: list[tuple[Any, ...]] = []
+        for s in sorted(states, key=lambda s: s.task_id):
+            values = (
+                s.run_count, s.success_count, s.failure_count, s.retry_count, s.missed_count, s.skipped_count,
+                s.interrupted_count, s.total_duration, to_db(s.last_run_at),
+                s.last_state.value if s.last_state else None, text(s.last_error), s.last_duration, s.task_id,
+            )  # fmt: skip
+            if read is not None and read.get(s.task_id) == (s.next_run_at, s.finished):
+                counted.append(values)
+            else:
+                rescheduled.append((to_db(s.next_run_at), s.finished, *values))
+        if counted:
+            db.executemany(f"UPDATE tasks SET {counters} WHERE task_id = ?", counted)
+        if rescheduled:
+            query = f"UPDATE tasks SET next_run_at = ?, finished = ?, {counters} WHERE task_id = ?"
+            db.executemany(query, rescheduled)
 
     def _insert_runs(self, db: Session, records: list[RunRecord], lease_db: Any = None, due_at: Any = None) -> None:
         if not records:

@@ -37,6 +37,9 @@ RUN_COLUMNS = (
     "run_id, task_id, scheduled_for, state, attempt, started_at, finished_at, exit_code, error, output, node, manual, "
     "pid, pid_started, cpu_user, cpu_system, max_rss"
 )
+# Final runs, word for word the condition of SQLite's end-time index (runs_finished):
+# SQLite reads a partial index only for a query that carries its very term.
+FINAL = "state NOT IN ('scheduled', 'running')"
 # A task ``node`` may claim: it registered the task with the stored fingerprint. A
 # correlated EXISTS, not a join, so that the due-time indexes are walked in order and
 # the walk stops at the first due row: with a join SQLite chose to read all of the
@@ -118,7 +121,7 @@ class SQLQueries:
             return [self._record(row) for row in rows]
 
     def history(self, task_id: str | None = None, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
-        clauses, values = ["state NOT IN ('scheduled', 'running')"], []
+        clauses, values = [FINAL], []
         if task_id is not None:
             clauses.append("task_id = ?")
             values.append(task_id)

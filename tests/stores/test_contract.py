@@ -283,6 +283,30 @@ def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     assert (state.name, state.schedule, state.paused, version) == ("Old Job", "every 10s", True, SCHEMA_VERSION)
 
 
+def test_sqlite_history_and_pruning_read_runs_through_an_index(tmp_path: Path) -> None:
+    """The end-time index holds final runs only (a run enters it once, when it ends):
+    every query that history and pruning send must still reach runs through an index,
+    never by scanning the table (millions of rows after a year)."""
+    store = SQLiteStore(tmp_path / "state.db")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.sync_tasks([definition("a"), definition("b", misfire_grace_time=0, coalesce=False)], NODE)
+    for step in range(3):
+        for run in claim(store, T0 + timedelta(seconds=10 * step)).runs:
+            store.finish([_succeeded(run)])
+    claim(store, T0 + timedelta(seconds=95))  # missed records for b
+    statements.clear()
+    assert store.history(limit=2) and store.history("a") and store.history(state=RunState.MISSED)
+    assert store.prune(T0 + timedelta(seconds=1), 2) > 0
+    reads = [sql for sql in statements if " FROM runs " in sql]
+    assert len(reads) >= 6, statements
+    for sql in reads:
+        plan = [row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert all("USING" in step for step in plan if step.startswith("SCAN runs")), (sql, plan)
+        assert any("runs USING" in step for step in plan), (sql, plan)
+    store.close()
+
+
 def test_sqlite_background_checkpoints_move_the_log_into_the_file(tmp_path: Path) -> None:
     import time
 
