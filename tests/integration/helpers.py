@@ -43,21 +43,38 @@ class Service:
         return path.read_text() if path.exists() else ""
 
     def start(self, *arguments: str) -> Service:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "task_scheduler", *arguments, "--config", str(self.config_path)],
-            cwd=self.base_dir,
-            env=environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # Its output goes to files, not pipes: nothing reads a pipe while the service
+        # runs, and a service that logged more than a pipe holds (64 KiB; ~15 s of a
+        # busy test's log) blocked on its next line, with every thread that logs.
+        with self._output("stdout").open("w") as stdout, self._output("stderr").open("w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "task_scheduler", *arguments, "--config", str(self.config_path)],
+                cwd=self.base_dir,
+                env=environment(),
+                stdout=stdout,
+                stderr=stderr,
+                text=True,
+            )
         return self
+
+    def _output(self, stream: str) -> Path:
+        return self.base_dir / f"{self.config_path.stem}.{stream}"
+
+    @property
+    def stderr(self) -> str:
+        path = self._output("stderr")
+        return path.read_text() if path.exists() else ""
+
+    def wait(self, timeout: float = 60) -> tuple[int, str]:
+        """Wait for the service to exit: its exit code and what it wrote to stderr."""
+        assert self.process is not None
+        self.process.wait(timeout)
+        return self.process.returncode, self.stderr
 
     def signal(self, signum: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
         assert self.process is not None
         self.process.send_signal(signum)
-        _, stderr = self.process.communicate(timeout=timeout)
-        return self.process.returncode, stderr
+        return self.wait(timeout)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -86,5 +103,5 @@ class Service:
             return
         if self.process.poll() is None:
             self.process.kill()
-        _, stderr = self.process.communicate(timeout=30)
-        print(f"service exit code {self.process.returncode}; stderr:\n{stderr[-4000:]}")
+        code, stderr = self.wait(30)
+        print(f"service exit code {code}; stderr:\n{stderr[-4000:]}")

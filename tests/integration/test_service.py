@@ -35,17 +35,15 @@ def test_service_runs_jobs_isolates_failures_and_stops_on_sigterm(base_dir: Path
             {"id": "fail", "script_path": "scripts/fail.py", "schedule": {"interval": {"seconds": 1}}},
         ],
     }
-    process = Service(base_dir, config).start("run").process
-    assert process is not None
+    service = Service(base_dir, config).start("run")
     ticks = base_dir / "data" / "ticks"
     try:
         assert wait_for(lambda: ticks.exists() and len(ticks.read_text().splitlines()) >= 3), (
             "the 1 s job did not run 3 times"
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+        code, stderr = service.signal(signal.SIGTERM)
+    assert code == 0, stderr
     log = (base_dir / "logs" / "scheduler.log").read_text()
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - task_scheduler\.\w+ - INFO - \w+:\d+ - ", log, re.M)
     assert "task tick succeeded" in log
@@ -68,24 +66,20 @@ def test_sigterm_interrupts_a_long_script_within_shutdown_timeout(base_dir: Path
             }
         ],
     }
-    process = Service(base_dir, config).start().process
-    assert process is not None
+    service = Service(base_dir, config).start()
     log_path = base_dir / "logs" / "scheduler.log"
     try:
         assert wait_for(lambda: log_path.exists() and "starting task long" in log_path.read_text())
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
-    assert process.returncode == 0
+        code, stderr = service.signal(signal.SIGTERM)
+    assert code == 0, stderr
     assert "task long interrupted in" in log_path.read_text()
 
 
 def test_bad_config_exits_2_with_the_message(base_dir: Path) -> None:
     config = {"jobs": [{"id": "bad", "script_path": "scripts/x.py", "schedule": {"cron": "*/5 * * *"}}]}
-    process = Service(base_dir, config).start().process
-    assert process is not None
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    code, stderr = Service(base_dir, config).start().wait()
+    assert code == 2
     assert "service.json: jobs[0] (id 'bad').schedule: cron expression '*/5 * * *' has 4 fields" in stderr
 
 

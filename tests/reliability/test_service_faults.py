@@ -42,9 +42,8 @@ def test_corrupt_state_database_fails_start_with_the_way_out(base_dir: Path) -> 
     (base_dir / "data").mkdir()
     (base_dir / "data" / "state.db").write_bytes(os.urandom(8192))
     service = Service(base_dir, {"jobs": []}).start()
-    assert service.process is not None
-    _, stderr = service.process.communicate(timeout=60)
-    assert service.process.returncode == 2
+    code, stderr = service.wait()
+    assert code == 2
     assert "cannot open the state database" in stderr and "state.db.broken" in stderr
     # the documented way out works
     (base_dir / "data" / "state.db").rename(base_dir / "data" / "state.db.broken")
