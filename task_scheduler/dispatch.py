@@ -231,7 +231,7 @@ class Dispatcher:
         with self._progress:
             while True:
                 self._signalled = False  # before looking: a run finishing after this notifies
-                if not (self._in_flight and not self._finished):
+                if self._finished or not self._in_flight:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
