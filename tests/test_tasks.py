@@ -221,6 +221,20 @@ def test_inherit_env_allowlist(base_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     assert record.output == "None yes 1\n"
 
 
+def test_a_script_sees_the_environment_as_it_is_when_it_starts(base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A change to the service's environment between two runs reaches the second, and
+    # an inherited variable whose name looks secret is masked in the output.
+    write_script(base_dir, "env.py", "import os\nprint(os.environ.get('STAGE'), os.environ.get('SERVICE_TOKEN'))\n")
+    task = bound(base_dir, ScriptTask("env", "env", "scripts/env.py"))
+    monkeypatch.setenv("STAGE", "one")
+    assert attempt(task)[0].output == "one None\n"
+    monkeypatch.setenv("STAGE", "two")
+    monkeypatch.setenv("SERVICE_TOKEN", "tok-12345")
+    assert attempt(task)[0].output == "two ***\n"
+    monkeypatch.delenv("STAGE")
+    assert attempt(task)[0].output == "None ***\n"
+
+
 def _gone(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
