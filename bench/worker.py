@@ -56,8 +56,10 @@ def lateness(system: str, directory: Path, jobs: int = 1000, seconds: int = 20, 
         start = first + i / jobs
         target.add_interval(f"j{i}", 1, datetime.fromtimestamp(start, UTC), record, start)
     target.flush()
+    host = _host_probe(first, seconds)
     time.sleep(max(0.0, first + seconds + 1.5 - time.time()))
     target.stop()
+    host_max_ms = float(host.communicate(timeout=60)[0])
     window = [late for scheduled, late in SAMPLES if first <= scheduled < first + seconds]
     window.sort()
     return {
@@ -67,7 +69,30 @@ def lateness(system: str, directory: Path, jobs: int = 1000, seconds: int = 20, 
         "p50_ms": 1000 * statistics.median(window) if window else None,
         "p99_ms": 1000 * window[int(len(window) * 0.99) - 1] if window else None,
         "max_ms": 1000 * window[-1] if window else None,
+        "host_max_ms": host_max_ms,
     }
+
+
+# Another process that only sleeps 1 ms at a time and notes its worst oversleep over
+# the measured window: the stalls this machine imposes on any process at that moment
+# (the hypervisor, other guests, the disk), which no scheduler's code can remove.
+HOST_PROBE = """
+import sys, time
+first, seconds = float(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, first - time.time()))
+worst = 0.0
+while time.time() < first + seconds:
+    before = time.perf_counter()
+    time.sleep(0.001)
+    worst = max(worst, time.perf_counter() - before - 0.001)
+print(1000 * worst)
+"""
+
+
+def _host_probe(first: float, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOST_PROBE, str(first), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def _compute(until: float) -> None:
