@@ -71,8 +71,9 @@ _ALIASES = {
     "@hourly": "0 * * * *",
 }
 # A valid rule must match at least once in this many years (Feb 29 on a given
-# weekday can take 28 years); beyond that the expression can never fire.
-_SEARCH_YEARS = 29
+# weekday recurs every 28 years, but 40 across a century that is not a leap year,
+# e.g. a Friday Feb 29 in 2092, then 2132); beyond that the expression can never fire.
+_SEARCH_YEARS = 41
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,7 @@ class Service:
 
     @property
     def log(self) -> str:
-        path = self.base_dir / "logs" / "scheduler.log"
-        return path.read_text() if path.exists() else ""
+        return _read(self.base_dir / "logs" / "scheduler.log")
 
     def start(self, *arguments: str) -> Service:
         # Its output goes to files, not pipes: nothing reads a pipe while the service
@@ -62,8 +61,7 @@ class Service:
 
     @property
     def stderr(self) -> str:
-        path = self._output("stderr")
-        return path.read_text() if path.exists() else ""
+        return _read(self._output("stderr"))
 
     def wait(self, timeout: float = 60) -> tuple[int, str]:
         """Wait for the service to exit: its exit code and what it wrote to stderr."""
@@ -105,3 +103,8 @@ class Service:
             self.process.kill()
         code, stderr = self.wait(30)
         print(f"service exit code {code}; stderr:\n{stderr[-4000:]}")
+
+
+def _read(path: Path) -> str:
+    """The file's text; empty until the service has written it."""
+    return path.read_text() if path.exists() else ""
