@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one run per scenario (no medians)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     parser.add_argument(
-        "--only", choices=["faces", "cluster", "ops"],
+        "--only", choices=["faces", "cluster", "ops", "scripts"],
         help="run one group and print it (RESULTS.md is left alone; ops writes bench/RESULTS-ops.md)",
     )  # fmt: skip
     options = parser.parse_args()
@@ -220,10 +220,14 @@ def main() -> None:
         ops(["--no-write"] if options.no_write else [])
         return
     started = time.monotonic()
-    from bench import cluster
+    from bench import cluster, scripts_cost
 
     if options.only == "faces":
         print(faces_table())
+        print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
+        return
+    if options.only == "scripts":
+        print(table(scripts_cost.collect(), scripts_cost.HEADERS))
         print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
         return
     if options.only == "cluster":
@@ -233,6 +237,8 @@ def main() -> None:
         return
     rows, raw = collect(options.quick)
     text = table(rows) + "\n\nThe faces' add paths (bench/faces.py):\n\n" + faces_table()
+    text += "\n\nWhat each part of a script run costs (bench/scripts_cost.py):\n\n"
+    text += table(scripts_cost.collect(), scripts_cost.HEADERS)
     cluster_rows, raw["cluster"] = cluster.collect()
     if cluster_rows:
         text += "\n\nPostgreSQL cluster (`bench/cluster.py`):\n\n" + table(cluster_rows, cluster.HEADERS)
