@@ -95,7 +95,10 @@ def collect() -> list[list[str]]:
     for _ in range(ROUNDS):
         for label, step in STEPS:
             results[label].append(_once(step))
-    medians = {label: tuple(statistics.median(run[i] for run in runs) for i in (0, 1)) for label, runs in results.items()}
+    medians = {
+        label: (statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs))
+        for label, runs in results.items()
+    }
     base_wall, base_cpu = medians[STEPS[0][0]]
     return [
         [label, f"{wall:.3f}", f"{wall - base_wall:+.3f}", f"{cpu:.3f}", f"{cpu - base_cpu:+.3f}"]

@@ -44,7 +44,7 @@ class MemoryStore:
         self._pending: list[tuple[datetime, str, str]] = []  # (due_at, run_id, task_id) of SCHEDULED rows
         # task_id -> run_id -> SCHEDULED/RUNNING row; only tasks with such rows are keys
         self._active: dict[str, dict[str, RunRecord]] = {}
-        self._leases: dict[str, datetime] = {}
+        self._leases: dict[str, tuple[datetime, RunRecord]] = {}  # run_id -> (lease end, its RUNNING row)
         # Runs recorded INTERRUPTED (lease lapsed) that may still report an outcome.
         self._late: dict[str, None] = {}
         # History as plain tuples: the garbage collector stops tracking tuples of
@@ -165,7 +165,7 @@ class MemoryStore:
             return False
         record = rows[run_id]
         record.state, record.node = RunState.RUNNING, node
-        self._leases[run_id] = lease_until
+        self._leases[run_id] = (lease_until, record)
         claim.runs.append(record)
         return True
 
@@ -193,7 +193,7 @@ class MemoryStore:
             if rows is None:
                 rows = self._active[task_id] = {}
             rows[record.run_id] = record
-            self._leases[record.run_id] = lease_until
+            self._leases[record.run_id] = (lease_until, record)
             claim.runs.append(record)  # shared with the caller, who fills in the outcome
         self._settle(task)
 
@@ -228,11 +228,9 @@ class MemoryStore:
 
     def record_process(self, run_id: str, pid: int, pid_started: float) -> None:
         with self._lock:
-            for rows in self._active.values():
-                record = rows.get(run_id)
-                if record is not None:
-                    record.pid, record.pid_started = pid, pid_started
-                    return
+            lease = self._leases.get(run_id)
+            if lease is not None:
+                lease[1].pid, lease[1].pid_started = pid, pid_started
 
     def set_paused(self, task_id: str, paused: bool) -> TaskState:
         with self._lock:
@@ -256,13 +254,14 @@ class MemoryStore:
         with self._lock:
             self._nodes[node.node_id] = node
             for run_id in run_ids:
-                if run_id in self._leases:
-                    self._leases[run_id] = lease_until
+                lease = self._leases.get(run_id)
+                if lease is not None:
+                    self._leases[run_id] = (lease_until, lease[1])
         return None
 
     def reap(self, now: datetime, node_timeout: float) -> list[RunRecord]:
         with self._lock:
-            expired = {run_id for run_id, until in self._leases.items() if until < now}
+            expired = {run_id for run_id, (until, _) in self._leases.items() if until < now}
             interrupted = []
             if expired:
                 interrupted = self._interrupt(lambda r: r.run_id in expired, now, "its node stopped renewing the lease")

@@ -182,6 +182,19 @@ def test_leases_heartbeat_reap_and_leave(store: Store) -> None:
     assert store.task_states()["a"].interrupted_count == 1 and store.active_runs() == []
 
 
+def test_a_running_scripts_process_is_recorded_on_its_run(store: Store) -> None:
+    store.sync_tasks([definition(f"t{i}") for i in range(50)], NODE)
+    runs = claim(store, T0).runs
+    target = runs[37]
+    store.record_process(target.run_id, 4242, 1_900_000_000.5)
+    store.record_process("no-such-run", 1, 1.0)  # a run that is gone: nothing to note, no error
+    by_id = {r.run_id: r for r in store.active_runs()}
+    assert (by_id[target.run_id].pid, by_id[target.run_id].pid_started) == (4242, 1_900_000_000.5)
+    assert all(r.pid is None for run_id, r in by_id.items() if run_id != target.run_id)
+    shown = store.run(target.run_id)
+    assert shown is not None and shown.pid == 4242
+
+
 def test_prune_by_age_and_count(store: Store) -> None:
     store.sync_tasks([definition(misfire_grace_time=0, coalesce=False)], NODE)
     claim(store, T0 + timedelta(seconds=95))  # ten missed records, finished at T0+95
