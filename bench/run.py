@@ -22,6 +22,7 @@ from bench import faces
 
 HERE = Path(__file__).resolve().parent
 REPEATS = {"lateness": 3, "burst": 3, "scripts": 3}
+ROUND_KEYS = ("p50_ms", "p99_ms", "max_ms", "host_max_ms", "first_ms", "jobs_per_s", "seconds")
 
 
 def measure(scenario: str, system: str, repeats: int = 1) -> dict[str, Any]:
@@ -89,6 +90,10 @@ def collect(quick: bool) -> tuple[list[list[str]], dict[str, Any]]:
                     runs[system].append(run_once(scenario, system))
         for system, results in runs.items():
             raw[f"{scenario}/{system}"] = median(results)
+            if len(results) > 1:  # every round's main figures, for the spread behind the median
+                raw[f"{scenario}/{system}"]["rounds"] = [
+                    {key: result[key] for key in ROUND_KEYS if key in result} for result in results
+                ]
         print(f"  {scenario:20} {time.monotonic() - started:6.1f}s", file=sys.stderr, flush=True)
     return rows_of(raw), raw
 
