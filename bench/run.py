@@ -232,7 +232,7 @@ def main() -> None:
         print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
         return
     if options.only == "scripts":
-        print(table(scripts_cost.collect(), scripts_cost.HEADERS))
+        print(scripts_cost.report())
         print(f"\n{machine()}; {time.monotonic() - started:.0f} s")
         return
     if options.only == "cluster":
@@ -243,7 +243,7 @@ def main() -> None:
     rows, raw = collect(options.quick)
     text = table(rows) + "\n\nThe faces' add paths (bench/faces.py):\n\n" + faces_table()
     text += "\n\nWhat each part of a script run costs (bench/scripts_cost.py):\n\n"
-    text += table(scripts_cost.collect(), scripts_cost.HEADERS)
+    text += scripts_cost.report()
     cluster_rows, raw["cluster"] = cluster.collect()
     if cluster_rows:
         text += "\n\nPostgreSQL cluster (`bench/cluster.py`):\n\n" + table(cluster_rows, cluster.HEADERS)

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from bench.run import table
+from bench.worker import TRUE
 from task_scheduler import ScriptTask
 from task_scheduler.processes import GroupKiller, MeasuredPopen, devnull, read_until_exit
-from task_scheduler.tasks import TaskContext
+from task_scheduler.tasks import DEFAULT_OUTPUT_LIMIT, TaskContext
 
-TRUE = "/bin/true"
 RUNS = 1000
 ROUNDS = 5
 _TASK = ScriptTask("cost", None, TRUE, timeout=60)
@@ -40,23 +41,26 @@ def session() -> None:
     subprocess.run([TRUE], check=False, stdin=devnull(), start_new_session=True)
 
 
+def _environment() -> dict[str, str]:
+    return {**os.environ, "TASK_SCHEDULER_TASK_ID": "cost", "TASK_SCHEDULER_RUN_ID": "r"}
+
+
 def environment() -> None:
-    env = {**os.environ, "TASK_SCHEDULER_TASK_ID": "cost", "TASK_SCHEDULER_RUN_ID": "r"}
-    subprocess.run([TRUE], check=False, stdin=devnull(), start_new_session=True, env=env)
+    subprocess.run([TRUE], check=False, stdin=devnull(), start_new_session=True, env=_environment())
 
 
 def pipes() -> None:
-    env = {**os.environ, "TASK_SCHEDULER_TASK_ID": "cost", "TASK_SCHEDULER_RUN_ID": "r"}
+    env = _environment()
     subprocess.run([TRUE], check=False, stdin=devnull(), start_new_session=True, env=env, capture_output=True)
 
 
 def supervised() -> None:
-    env = {**os.environ, "TASK_SCHEDULER_TASK_ID": "cost", "TASK_SCHEDULER_RUN_ID": "r"}
     process = MeasuredPopen(
-        [TRUE], stdin=devnull(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env
-    )
+        [TRUE], stdin=devnull(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env=_environment(),
+    )  # fmt: skip
     killer = GroupKiller(process, 5.0)
-    read_until_exit(process, 60.0, killer, 65536)
+    read_until_exit(process, 60.0, killer, DEFAULT_OUTPUT_LIMIT)
     killer.start()
     killer.wait()
     process.resources()
@@ -109,10 +113,13 @@ def collect() -> list[list[str]]:
 HEADERS = ["step (each adds to the one above)", "wall ms/run", "over bare", "CPU ms/run", "over bare"]
 
 
-def main() -> None:
-    from bench.run import table
+def report() -> str:
+    """The table: each step's wall time and CPU per run, beside the bare pool's."""
+    return table(collect(), HEADERS)
 
-    print(table(collect(), HEADERS))
+
+def main() -> None:
+    print(report())
 
 
 if __name__ == "__main__":
